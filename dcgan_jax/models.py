@@ -1,0 +1,148 @@
+"""The tutorial's generator and discriminator as flax.linen modules (NHWC).
+
+Layer for layer what ../shared/REFERENCE.md tabulates. Submodule names follow the PyTorch
+state_dict nesting (`layer1_0` is `layer1.0`, `conv_3` is `conv.3`) so weight conversion in
+`parity/` is a renaming plus layout changes.
+"""
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+Dtype = Any
+
+# PyTorch's ConvTranspose2d(k, s, padding=p) is a convolution of the s-dilated input with the
+# spatially flipped kernel and (k - 1 - p) padding on each side; the tutorial always uses
+# p = (k - 1) // 2 (its TCBR ignores the padding argument it is given).
+conv_init = nn.initializers.normal(0.02)
+
+
+def bn_scale_init(key, shape, dtype=jnp.float32):
+    return 1.0 + 0.02 * jax.random.normal(key, shape, dtype)
+
+
+def torch_default_uniform(fan_in: int):
+    """PyTorch's default bias init (and Linear weight init): U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / fan_in ** 0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm2d with PyTorch's semantics, flax's variable names (`scale`, `bias`, `mean`, `var`).
+
+    flax.linen.BatchNorm stores an average of the *biased* batch variance; PyTorch stores the
+    unbiased one (n / (n - 1) times larger), which changes every eval-mode output and the saved
+    statistics. The tutorial is reproduced exactly, so this module keeps PyTorch's statistic.
+    `momentum` uses flax's convention: running = momentum * running + (1 - momentum) * batch,
+    i.e. 0.9 here is PyTorch's momentum=0.1. Statistics are reduced in at least float32 so
+    bfloat16 compute keeps stable normalisation.
+    """
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        features = x.shape[-1]
+        scale = self.param("scale", bn_scale_init, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        stats_dtype = jnp.promote_types(self.param_dtype, jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), stats_dtype)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), stats_dtype)
+        if train:
+            xs = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+            axes = tuple(range(x.ndim - 1))
+            n = x.size // features
+            mean = xs.mean(axes)
+            var = jnp.square(xs - mean).mean(axes)
+            if not self.is_initializing():
+                m = self.momentum
+                ra_mean.value = m * ra_mean.value + (1 - m) * mean.astype(stats_dtype)
+                ra_var.value = m * ra_var.value + (1 - m) * (var * n / max(n - 1, 1)).astype(stats_dtype)
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        dtype = self.dtype or x.dtype
+        mul = jax.lax.rsqrt(var + self.epsilon) * scale
+        y = (x - mean.astype(dtype)) * mul.astype(dtype) + bias.astype(dtype)
+        return y.astype(dtype)
+
+
+class ConvBNReLU(nn.Module):
+    """The tutorial's CBR / CBLR (identical: plain ReLU) and, with transpose=True, TCBR."""
+    features: int
+    kernel: int
+    stride: int
+    transpose: bool = False
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        k, p = self.kernel, (self.kernel - 1) // 2
+        common = dict(features=self.features, kernel_size=(k, k), strides=(self.stride, self.stride),
+                      use_bias=False, kernel_init=conv_init, dtype=self.dtype,
+                      param_dtype=self.param_dtype, name="conv")
+        if self.transpose:
+            x = nn.ConvTranspose(padding=((k - 1 - p, k - 1 - p),) * 2, **common)(x)
+        else:
+            x = nn.Conv(padding=((p, p),) * 2, **common)(x)
+        x = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(x, train)
+        return nn.relu(x)
+
+
+# (name, features, kernel, stride, transpose) in the tutorial's order.
+GENERATOR_BLOCKS: Sequence[tuple] = (
+    ("layer1_0", 256, 4, 2, True), ("layer1_1", 128, 3, 1, False),
+    ("layer2_0", 256, 4, 1, True), ("layer2_1", 256, 4, 2, True),
+    ("layer3_0", 128, 4, 1, True), ("layer3_1", 128, 4, 2, True), ("layer3_2", 128, 3, 1, False),
+    ("layer4_0", 64, 4, 2, True), ("layer4_1", 64, 3, 1, False), ("layer4_2", 64, 3, 1, False),
+)
+DISCRIMINATOR_BLOCKS: Sequence[tuple] = (
+    ("conv_0", 32, 3, 2, False), ("conv_1", 64, 3, 1, False), ("conv_2", 128, 3, 2, False),
+    ("conv_3", 128, 3, 2, False), ("conv_4", 64, 3, 2, False),
+)
+
+
+class Generator(nn.Module):
+    """z (N, latent_dim) or (N, 1, 1, latent_dim) -> images (N, 28, 28, 1) in [-1, 1] (Tanh)."""
+    latent_dim: int = 10
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, z, train: bool = True):
+        if z.ndim == 2:
+            z = z[:, None, None, :]
+        if z.shape[1:] != (1, 1, self.latent_dim):
+            raise ValueError(f"Generator expects z of shape (N, {self.latent_dim}) or "
+                             f"(N, 1, 1, {self.latent_dim}), got {z.shape}")
+        x = z.astype(self.dtype or z.dtype)
+        for name, features, kernel, stride, transpose in GENERATOR_BLOCKS:
+            x = ConvBNReLU(features, kernel, stride, transpose, self.dtype, self.param_dtype,
+                           name=name)(x, train)
+        x = nn.Conv(1, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
+                    bias_init=torch_default_uniform(64 * 3 * 3), dtype=self.dtype,
+                    param_dtype=self.param_dtype, name="layer4_3")(x)
+        return jnp.tanh(x)
+
+
+class Discriminator(nn.Module):
+    """images (N, 28, 28, 1) -> logits (N, 2); index 1 is "real"."""
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = x.astype(self.dtype or x.dtype)
+        for name, features, kernel, stride, transpose in DISCRIMINATOR_BLOCKS:
+            x = ConvBNReLU(features, kernel, stride, transpose, self.dtype, self.param_dtype,
+                           name=name)(x, train)
+        x = x.mean(axis=(1, 2))  # AdaptiveAvgPool2d(1) + flatten
+        return nn.Dense(2, kernel_init=torch_default_uniform(64), bias_init=torch_default_uniform(64),
+                        dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)

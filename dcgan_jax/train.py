@@ -1,0 +1,255 @@
+"""Pure training functions: a TrainState pytree in, a new TrainState and metrics out.
+
+Every function here is deterministic given its inputs; all randomness comes from the keys passed
+in, split explicitly. The static half of the state (`config`) rides in the pytree's treedef, so
+`train_step(state, real_batch, key)` needs no other argument and recompiles only if it changes.
+"""
+import functools
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from .config import Config, ConfigError
+from .losses import discriminator_loss, generator_loss, prob_real
+from .models import Discriminator, Generator
+
+_COMPUTE = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array          # completed iterations (generator updates)
+    g_params: Any
+    g_stats: Any             # generator BatchNorm running statistics
+    d_params: Any
+    d_stats: Any
+    g_opt: Any               # optax states
+    d_opt: Any
+    config: Config = struct.field(pytree_node=False)
+
+    @property
+    def generator_variables(self):
+        return {"params": self.g_params, "batch_stats": self.g_stats}
+
+    @property
+    def discriminator_variables(self):
+        return {"params": self.d_params, "batch_stats": self.d_stats}
+
+
+def param_dtype(config: Config):
+    return jnp.float64 if config.dtype == "float64" else jnp.float32
+
+
+def build_models(config: Config):
+    dtype, pdtype = _COMPUTE[config.dtype], param_dtype(config)
+    return (Generator(config.latent_dim, dtype=dtype, param_dtype=pdtype),
+            Discriminator(dtype=dtype, param_dtype=pdtype))
+
+
+def lr_schedule(config: Config, updates_per_epoch: int) -> optax.Schedule:
+    """StepLR(step_size=lr_decay_every epochs, gamma=lr_decay) over optimizer updates."""
+    return optax.exponential_decay(config.lr, transition_steps=config.lr_decay_every * updates_per_epoch,
+                                   decay_rate=config.lr_decay, staircase=True)
+
+
+def build_optimizers(config: Config):
+    """Adam for G and for D; D updates d_steps times per iteration, so its schedule counts so."""
+    if config.steps_per_epoch is None:
+        raise ConfigError("steps_per_epoch is unresolved: call config.for_dataset(num_examples)")
+    adam = lambda n: optax.adam(lr_schedule(config, n * config.steps_per_epoch), config.beta1, config.beta2)
+    return adam(1), adam(config.d_steps)
+
+
+def learning_rate(config: Config, epoch: int) -> float:
+    """The learning rate in force during `epoch` (1-based), as the tutorial's StepLR gives it."""
+    return float(lr_schedule(config, 1)((epoch - 1) * config.steps_per_epoch))
+
+
+def create_train_state(config: Config, key) -> TrainState:
+    """Initialise both networks with the reference init and fresh Adam states."""
+    config = config.validate()
+    if config.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise ConfigError("dtype='float64' needs jax.config.update('jax_enable_x64', True) first")
+    generator, discriminator = build_models(config)
+    g_tx, d_tx = build_optimizers(config)
+    g_key, d_key = jax.random.split(key)
+    pdtype = param_dtype(config)
+    g_vars = generator.init(g_key, jnp.zeros((1, config.latent_dim), pdtype), train=False)
+    d_vars = discriminator.init(d_key, jnp.zeros((1, 28, 28, 1), pdtype), train=False)
+    return TrainState(step=jnp.zeros((), jnp.int32),
+                      g_params=g_vars["params"], g_stats=g_vars["batch_stats"],
+                      d_params=d_vars["params"], d_stats=d_vars["batch_stats"],
+                      g_opt=g_tx.init(g_vars["params"]), d_opt=d_tx.init(d_vars["params"]),
+                      config=config)
+
+
+def scale_images(images, config: Config):
+    """uint8 pixels -> the configured range in the compute dtype; float input is taken as scaled."""
+    if jnp.issubdtype(images.dtype, jnp.integer):
+        images = images.astype(param_dtype(config)) / 255
+        if config.data_range == "minus_one_one":
+            images = images * 2 - 1
+    return images
+
+
+def noise(key, config: Config, n: int):
+    return jax.random.normal(key, (n, config.latent_dim), param_dtype(config))
+
+
+def _train_step(state: TrainState, real_batch, key):
+    config = state.config
+    generator, discriminator = build_models(config)
+    g_tx, d_tx = build_optimizers(config)
+    real = scale_images(real_batch, config)
+    n = real.shape[0]
+    z_keys = jax.random.split(key, config.d_steps)
+
+    def g_forward(g_params, g_stats, z):
+        fake, upd = generator.apply({"params": g_params, "batch_stats": g_stats}, z, train=True,
+                                    mutable=["batch_stats"])
+        return fake, upd["batch_stats"]
+
+    def d_forward(d_params, d_stats, x):
+        logits, upd = discriminator.apply({"params": d_params, "batch_stats": d_stats}, x, train=True,
+                                          mutable=["batch_stats"])
+        return logits, upd["batch_stats"]
+
+    def d_update(d_params, d_stats, d_opt, fake):
+        # Real and fake go through D separately, real first: separate batch statistics, as the tutorial.
+        def loss_fn(p):
+            logits_real, stats = d_forward(p, d_stats, real)
+            logits_fake, stats = d_forward(p, stats, fake)
+            return discriminator_loss(logits_real, logits_fake), (stats, logits_real, logits_fake)
+        (loss, (stats, lr_, lf_)), grads = jax.value_and_grad(loss_fn, has_aux=True)(d_params)
+        updates, d_opt = d_tx.update(grads, d_opt, d_params)
+        metrics = {"loss_d": loss, "d_real": prob_real(lr_), "d_fake": prob_real(lf_)}
+        return optax.apply_updates(d_params, updates), stats, d_opt, metrics
+
+    g_params, g_stats, d_params, d_stats = state.g_params, state.g_stats, state.d_params, state.d_stats
+    g_opt, d_opt = state.g_opt, state.d_opt
+
+    if config.order == "g_then_d":
+        # The tutorial: G step first; D's BN statistics also move in this forward pass; then D
+        # trains on the fake made *before* G's update (extra D steps draw fresh fakes).
+        z = noise(z_keys[0], config, n)
+
+        def g_loss_fn(p):
+            fake, new_g_stats = g_forward(p, g_stats, z)
+            logits, new_d_stats = d_forward(d_params, d_stats, fake)
+            return generator_loss(logits), (fake, new_g_stats, new_d_stats)
+        (loss_g, (fake, g_stats, d_stats)), grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g_params)
+        updates, g_opt = g_tx.update(grads, g_opt, g_params)
+        g_params = optax.apply_updates(g_params, updates)
+        fake = jax.lax.stop_gradient(fake)
+        for i in range(config.d_steps):
+            if i:
+                fake, g_stats = g_forward(g_params, g_stats, noise(z_keys[i], config, n))
+            d_params, d_stats, d_opt, metrics = d_update(d_params, d_stats, d_opt, fake)
+    else:
+        # D-then-G (the PyTorch DCGAN example's loop): D trains on detached fakes; G then trains
+        # through the updated D on the last of those same fakes, reusing its forward pass (vjp)
+        # as PyTorch reuses the graph of `fake`.
+        for i in range(config.d_steps):
+            z = noise(z_keys[i], config, n)
+            fake, g_vjp, g_stats = jax.vjp(lambda p: g_forward(p, g_stats, z), g_params, has_aux=True)
+            d_params, d_stats, d_opt, metrics = d_update(d_params, d_stats, d_opt, jax.lax.stop_gradient(fake))
+
+        def g_loss_from_fake(x):
+            logits, new_d_stats = d_forward(d_params, d_stats, x)
+            return generator_loss(logits), new_d_stats
+        (loss_g, d_stats), d_fake = jax.value_and_grad(g_loss_from_fake, has_aux=True)(fake)
+        (grads,) = g_vjp(d_fake)
+        updates, g_opt = g_tx.update(grads, g_opt, g_params)
+        g_params = optax.apply_updates(g_params, updates)
+
+    metrics = dict(metrics, loss_g=loss_g)
+    new_state = state.replace(step=state.step + 1, g_params=g_params, g_stats=g_stats,
+                              d_params=d_params, d_stats=d_stats, g_opt=g_opt, d_opt=d_opt)
+    return new_state, jax.tree.map(lambda m: m.astype(jnp.float32), metrics)
+
+
+# Not donating: callers may reuse `state` (purity tests, parity). The scanned epoch donates.
+train_step: Callable = jax.jit(_train_step)
+train_step.__doc__ = """One training iteration: (state, real_batch, key) -> (state, metrics).
+
+real_batch: (N, 28, 28, 1) uint8 pixels (scaled by config.data_range) or floats already scaled.
+key: the noise for this iteration is drawn from it (split across the d_steps fake batches).
+metrics: loss_d, loss_g, d_real (mean D(x)), d_fake (mean D(G(z)) in the D step), float32.
+"""
+
+
+def epoch_plan(key, num_examples: int, steps: int, batch_size: int):
+    """This epoch's shuffled batch indices (steps, batch) and per-step keys, from one key."""
+    perm_key, step_key = jax.random.split(key)
+    idx = jax.random.permutation(perm_key, num_examples)[: steps * batch_size]
+    return idx.reshape(steps, batch_size), jax.random.split(step_key, steps)
+
+
+_epoch_plan = jax.jit(epoch_plan, static_argnums=(1, 2, 3))
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _scan_epoch(state: TrainState, images, key):
+    cfg = state.config
+    idx, keys = epoch_plan(key, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
+    return jax.lax.scan(lambda s, xs: _train_step(s, images[xs[0]], xs[1]), state, (idx, keys))
+
+
+def resolve_loop(loop: str) -> str:
+    """'auto' scans on accelerators; on CPU, XLA's conv gradients run ~10x slower inside a scan."""
+    return ("steps" if jax.default_backend() == "cpu" else "scan") if loop == "auto" else loop
+
+
+def train_epoch(state: TrainState, images, key, loop: Optional[str] = None,
+                on_step: Optional[Callable[[int, dict], None]] = None):
+    """Shuffle `images` (on device, uint8) with `key` and run one epoch of steps_per_epoch steps.
+
+    Both loop strategies use the same batches and keys; returns (state, metrics) with each
+    metric stacked over the epoch's steps. "scan" donates `state`. `on_step(i, metrics)` is
+    called after each step in "steps" mode (it costs a device sync per step).
+    """
+    cfg = state.config
+    loop = resolve_loop(loop or cfg.loop)
+    if loop == "scan":
+        return _scan_epoch(state, images, key)
+    idx, keys = _epoch_plan(key, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
+    history = []
+    for i in range(cfg.steps_per_epoch):
+        state, metrics = train_step(state, images[idx[i]], keys[i])
+        history.append(metrics)
+        if on_step is not None:
+            on_step(i, metrics)
+    return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
+
+
+@functools.partial(jax.jit, static_argnames="bn")
+def generate(state: TrainState, z, bn: str = "batch"):
+    """G(z) without touching the state. bn='batch' normalises with this batch's statistics
+    (train mode, what the tutorial's sampling did); bn='running' uses the running statistics."""
+    generator, _ = build_models(state.config)
+    variables = state.generator_variables
+    if bn == "batch":
+        return generator.apply(variables, z, train=True, mutable=["batch_stats"])[0]
+    return generator.apply(variables, z, train=False)
+
+
+def to_unit_range(images, config: Config):
+    """Generator output -> [0, 1] for display, undoing the configured data scaling."""
+    if config.data_range == "minus_one_one":
+        images = (images + 1) / 2
+    return jnp.clip(images, 0, 1)
+
+
+def run_keys(seed: int):
+    """The run's independent key streams: init, the fixed sample noise, and training."""
+    init_key, sample_key, train_key = jax.random.split(jax.random.key(seed), 3)
+    return init_key, sample_key, train_key
+
+
+def epoch_key(train_key, epoch: int):
+    """The key of `epoch` (1-based): a pure function of the run seed and the epoch number,
+    so a resumed run replays exactly the batches and noise an uninterrupted one would."""
+    return jax.random.fold_in(train_key, epoch)
