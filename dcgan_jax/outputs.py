@@ -8,6 +8,8 @@ Layout (all paths relative to the run directory):
   losses.png                per-step G and D loss curves (as the tutorial plots them)
   generator.msgpack         final generator variables {"params", "batch_stats"} (flax.serialization)
   discriminator.msgpack     final discriminator variables, same format
+  checkpoints/<epoch>/      orbax checkpoints of the full training state (layout in checkpoints.py)
+  corrupt_checkpoints/      checkpoints found damaged on resume, moved here rather than deleted
 Every file is written to a temporary name and renamed into place, so none is ever half-written.
 """
 import json
@@ -33,8 +35,8 @@ def prepare_run_dir(path: str, overwrite: bool = False) -> str:
         raise RunDirError(f"run dir {path!r} exists and is not a folder")
     if os.path.isdir(path) and os.listdir(path):
         if not overwrite:
-            raise RunDirError(f"run dir {path!r} exists and is not empty; pass --overwrite to "
-                              f"replace it or --out elsewhere")
+            raise RunDirError(f"run dir {path!r} exists and is not empty; pass --resume {path} to "
+                              f"continue it, --overwrite to replace it, or --out elsewhere")
         if not os.access(path, os.W_OK):
             raise RunDirError(f"run dir {path!r} is not writable")
         shutil.rmtree(path)
@@ -45,6 +47,19 @@ def prepare_run_dir(path: str, overwrite: bool = False) -> str:
     except OSError as e:
         raise RunDirError(f"run dir {path!r} is not writable ({e.strerror})") from None
     return path
+
+
+def check_resumable(path: str):
+    """A run directory this program made, that can be written to."""
+    if not os.path.isdir(path):
+        raise RunDirError(f"run dir {path!r} does not exist: nothing to resume")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise RunDirError(f"run dir {path!r} has no config.json: not a run directory to resume")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise RunDirError(f"run dir {path!r} is not writable ({e.strerror})") from None
 
 
 def atomic_write(path: str, data: bytes):

@@ -1,17 +1,28 @@
-"""The training driver: data -> state -> epochs -> run directory. Host-side; the math is in train.py."""
+"""The training driver: data -> state -> epochs -> run directory. Host-side; the math is in train.py.
+
+A run checkpoints every `checkpoint_every` epochs and at its last (checkpoints.py). Resuming
+restores the newest intact checkpoint and replays from the epoch after it: every epoch's batches
+and noise come from (seed, epoch) alone, so a run killed at any point and resumed ends with the
+same state, bit for bit on CPU, as one never interrupted.
+"""
 import os
 import time
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from . import outputs
-from .config import Config
+from .checkpoints import CheckpointError, RunCheckpoints, config_conflicts
+from .config import Config, ConfigError
 from .data import Dataset, load_mnist
+from .parallel import DataParallel
 from .train import (TrainState, create_train_state, epoch_key, generate, learning_rate, noise,
-                    resolve_loop, run_keys, to_unit_range, train_epoch)
+                    resolve_loop, run_keys, to_unit_range)
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or Inf; the message names the step and the last good checkpoint."""
 
 
 def load_train_data(config: Config) -> Dataset:
@@ -22,60 +33,141 @@ def load_train_data(config: Config) -> Dataset:
     return data
 
 
+def resume_config(run_dir: str, **overrides) -> Config:
+    """The config a run directory was made with, with `overrides` applied (fit checks them)."""
+    outputs.check_resumable(run_dir)
+    try:
+        saved = outputs.read_config(run_dir)
+    except (OSError, ValueError) as e:
+        raise outputs.RunDirError(f"{os.path.join(run_dir, 'config.json')} is unreadable ({e})") from None
+    return saved.replace(**overrides).validate()
+
+
 def summary_line(record: dict, epochs: int) -> str:
     return (f"epoch {record['epoch']:>3}/{epochs}  loss_d {record['loss_d']:.4f}  "
             f"loss_g {record['loss_g']:.4f}  D(x) {record['d_real']:.3f}  "
             f"D(G(z)) {record['d_fake']:.3f}  lr {record['lr']:.2e}  {record['seconds']:.1f}s")
 
 
-def fit(config: Config, run_dir: str, *, overwrite: bool = False, progress: bool = True,
-        log: Callable[[str], None] = print, data: Optional[Dataset] = None) -> TrainState:
+def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool = False,
+        checkpoint_every: int = 1, keep: int = 3, progress: bool = True,
+        log: Callable[[str], None] = print, data: Optional[Dataset] = None,
+        parallel: Optional[DataParallel] = None) -> TrainState:
     """Train `config` and write the run directory (layout in outputs.py). Returns the final state.
 
-    Everything that can be checked (config, data, run dir) is checked before anything is written.
+    resume=True continues the run in `run_dir` from its newest intact checkpoint (a finished run
+    is not retrained); `config` may differ from the run's only in checkpoints.RESUMABLE_FIELDS.
+    Everything that can be checked (config, data, run dir, devices) is checked before anything
+    is written. `parallel` defaults to a DataParallel over all devices.
     """
     config = config.validate()
+    for name, value in (("checkpoint_every", checkpoint_every), ("keep", keep)):
+        if not (isinstance(value, int) and value > 0):
+            raise ConfigError(f"{name}={value!r}: must be a positive integer")
+    if resume and overwrite:
+        raise outputs.RunDirError("--resume continues a run and --overwrite replaces it: pass one")
+    if resume:
+        outputs.check_resumable(run_dir)
     data = data or load_train_data(config)
     config = config.for_dataset(len(data.images))
-    outputs.prepare_run_dir(run_dir, overwrite)
+    dp = parallel or DataParallel()
+    dp.check_batch_size(config.batch_size)
+    primary = jax.process_index() == 0
+    log = log if primary else (lambda _: None)
+    if not resume and primary:
+        outputs.prepare_run_dir(run_dir, overwrite)
+    _sync("run dir ready")
+
+    checkpoints = RunCheckpoints(run_dir, keep)
+    restored = checkpoints.restore_latest(config, dp.abstract, log) if resume else None
+    if resume and restored is None:  # killed before its first checkpoint: start it again
+        conflicts = config_conflicts(outputs.read_config(run_dir), config)
+        if conflicts:
+            raise CheckpointError(f"{os.path.join(run_dir, 'config.json')}: {'; '.join(conflicts)}")
     loop = resolve_loop(config.loop)
-    outputs.write_config(run_dir, config, data_source=data.source, genuine_mnist=data.genuine,
-                         backend=jax.default_backend(), devices=jax.device_count(),
-                         loop_resolved=loop, jax_version=jax.__version__)
-    log(f"{data.source}: {len(data.images)} images, {config.steps_per_epoch} steps of "
-        f"{config.batch_size} per epoch, {config.epochs} epochs, order {config.order}, "
-        f"dtype {config.dtype}, loop {loop} on {jax.default_backend()}")
+    if primary:
+        outputs.write_config(run_dir, config, data_source=data.source, genuine_mnist=data.genuine,
+                             backend=jax.default_backend(), devices=jax.device_count(),
+                             processes=jax.process_count(), loop_resolved=loop, jax_version=jax.__version__)
 
     init_key, sample_key, train_key = run_keys(config.seed)
-    state = create_train_state(config, init_key)
-    fixed_z = noise(sample_key, config, config.num_samples)
-    images = jax.device_put(data.images)
-    records, history = [], {k: [] for k in outputs.METRIC_KEYS}
+    if restored:
+        state, records, start = restored.state, list(restored.records), restored.epoch + 1
+        history = {k: [restored.history[k]] for k in outputs.METRIC_KEYS}
+        log(f"resuming {run_dir} after epoch {restored.epoch} (step {int(dp.to_host(state.step))})")
+    else:
+        state, records, start = dp.replicate(create_train_state(config, init_key)), [], 1
+        history = {k: [] for k in outputs.METRIC_KEYS}
+    if primary:  # drop lines of epochs that ran after the restored checkpoint; they run again
+        outputs.write_metrics(run_dir, records)
+    if start > config.epochs:
+        log(f"{run_dir} already finished: epoch {start - 1} of {config.epochs} is checkpointed; nothing to train")
+    else:
+        log(f"{data.source}: {len(data.images)} images, {config.steps_per_epoch} steps of "
+            f"{config.batch_size} per epoch, epochs {start}..{config.epochs}, order {config.order}, "
+            f"dtype {config.dtype}, loop {loop} on {dp.num_devices} {jax.default_backend()} device(s)")
+    fixed_z = dp.replicate(noise(sample_key, config, config.num_samples))
+    images = dp.replicate(data.images)
 
-    for epoch in range(1, config.epochs + 1):
-        start = time.perf_counter()
-        bar = _progress_bar(epoch, config, progress and loop == "steps")
-        state, metrics = train_epoch(state, images, epoch_key(train_key, epoch), loop=loop,
-                                     on_step=bar and bar.on_step)
-        metrics = jax.device_get(metrics)
-        seconds = time.perf_counter() - start
+    for epoch in range(start, config.epochs + 1):
+        begin = time.perf_counter()
+        bar = _progress_bar(epoch, config, progress and primary and loop == "steps")
+        new_state, metrics = dp.train_epoch(state, images, epoch_key(train_key, epoch), loop=loop,
+                                            on_step=bar and bar.on_step)
+        metrics = dp.to_host(metrics)
+        seconds = time.perf_counter() - begin
         if bar:
             bar.close()
+        _check_finite(metrics, epoch, config, checkpoints)
+        state = new_state
         for k in outputs.METRIC_KEYS:
             history[k].append(np.asarray(metrics[k]))
-        record = {"epoch": epoch, **{k: float(np.mean(metrics[k], dtype=np.float64)) for k in outputs.METRIC_KEYS},
-                  "lr": learning_rate(config, epoch), "seconds": seconds}
-        records.append(record)
-        samples = to_unit_range(generate(state, fixed_z, bn=config.samples_bn), config)
-        outputs.save_grid(os.path.join(run_dir, "samples", f"epoch_{epoch:03d}.png"), jax.device_get(samples))
-        outputs.write_metrics(run_dir, records)
-        outputs.write_step_metrics(run_dir, {k: np.concatenate(v) for k, v in history.items()})
-        log(summary_line(record, config.epochs))
+        records.append({"epoch": epoch,
+                        **{k: float(np.mean(metrics[k], dtype=np.float64)) for k in outputs.METRIC_KEYS},
+                        "lr": learning_rate(config, epoch), "seconds": seconds})
+        steps_so_far = {k: np.concatenate(v) for k, v in history.items()}
+        if epoch % checkpoint_every == 0 or epoch == config.epochs:
+            checkpoints.save(epoch, state, records, steps_so_far, num_examples=len(data.images),
+                             data_source=data.source)
+        if primary:
+            samples = to_unit_range(generate(state, fixed_z, bn=config.samples_bn), config)
+            outputs.save_grid(os.path.join(run_dir, "samples", f"epoch_{epoch:03d}.png"), dp.to_host(samples))
+            outputs.write_metrics(run_dir, records)
+            outputs.write_step_metrics(run_dir, steps_so_far)
+        log(summary_line(records[-1], config.epochs))
 
-    outputs.plot_losses(os.path.join(run_dir, "losses.png"), np.concatenate(history["loss_g"]),
-                        np.concatenate(history["loss_d"]), config.steps_per_epoch)
-    outputs.save_variables(run_dir, state.generator_variables, state.discriminator_variables)
+    checkpoints.close()
+    if primary:
+        steps = {k: np.concatenate(v) for k, v in history.items()}
+        outputs.plot_losses(os.path.join(run_dir, "losses.png"), steps["loss_g"], steps["loss_d"],
+                            config.steps_per_epoch)
+        outputs.write_step_metrics(run_dir, steps)
+        outputs.save_variables(run_dir, dp.to_host(state.generator_variables),
+                               dp.to_host(state.discriminator_variables))
     return state
+
+
+def _check_finite(metrics: dict, epoch: int, config: Config, checkpoints: RunCheckpoints):
+    """Stop at the first NaN/Inf loss, before anything of this epoch is written or saved."""
+    bad = {k: int(np.argmin(np.isfinite(metrics[k]))) for k in outputs.METRIC_KEYS
+           if not np.all(np.isfinite(metrics[k]))}
+    if not bad:
+        return
+    name = min(bad, key=bad.get)
+    i = bad[name]
+    saved = checkpoints.epochs()
+    last = (f"last good checkpoint: epoch {saved[-1]} ({os.path.join(checkpoints.directory, str(saved[-1]))})"
+            if saved else "no checkpoint was saved yet")
+    checkpoints.close()
+    raise TrainingDiverged(f"training diverged: {name} is {float(metrics[name][i])} at step "
+                           f"{(epoch - 1) * config.steps_per_epoch + i + 1} (epoch {epoch}, step {i + 1} of "
+                           f"{config.steps_per_epoch}); stopped without saving epoch {epoch}; {last}")
+
+
+def _sync(name: str):
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
 class _Bar:
@@ -89,8 +181,8 @@ class _Bar:
     def on_step(self, i, metrics):
         self.tqdm.update(1)
         if i % 5 == 0:
-            self.tqdm.set_postfix(loss_d=f"{float(metrics['loss_d']):.4f}",
-                                  loss_g=f"{float(metrics['loss_g']):.4f}")
+            host = DataParallel.to_host({k: metrics[k] for k in ("loss_d", "loss_g")})
+            self.tqdm.set_postfix(loss_d=f"{float(host['loss_d']):.4f}", loss_g=f"{float(host['loss_g']):.4f}")
 
     def close(self):
         self.tqdm.close()

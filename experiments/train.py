@@ -2,13 +2,20 @@
 
   python -m experiments.train --preset reference --data-dir ../shared/data/mnist --out runs/ref
   python -m experiments.train --preset quick --out /tmp/quick          # TFDS 'mnist' (online)
+  python -m experiments.train --resume runs/ref                          # continue a killed run
 
 Presets: reference (the tutorial exactly: G-then-D, [0, 1] data, 20 epochs of 600 steps of 100),
 default (the same with D-then-G), quick (2 epochs of 4 steps of 16, a smoke test). Every config
-field has a flag overriding the preset; see --help.
+field has a flag overriding the preset; see --help. A run checkpoints every --checkpoint-every
+epochs; --resume RUN_DIR continues it from its newest intact checkpoint with its own config
+(only --epochs, --data-dir, --tfds-data-dir and --loop may be given again). The batch is split
+across all devices; --distributed first joins the processes of a multi-host run.
+
+Exit status: 0 done, 1 bad data / run dir / checkpoint, 2 bad flag or config, 3 training diverged.
 """
 import argparse
 import dataclasses
+import os
 import sys
 import time
 import typing
@@ -38,14 +45,31 @@ def _type(field):
     return args[0] if args else t
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage block
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="default", choices=list(C.PRESETS),
-                   help="named configuration the flags below override (default: %(default)s)")
-    p.add_argument("--out", help="run directory to create (default: runs/PRESET-TIMESTAMP)")
+    p = _Parser(prog="python -m experiments.train", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=list(C.PRESETS),
+                   help="named configuration the flags below override (default: default)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--out", help="run directory to create (default: runs/PRESET-TIMESTAMP)")
+    where.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty run directory")
+    p.add_argument("--checkpoint-every", type=int, default=1, metavar="EPOCHS",
+                   help="checkpoint every EPOCHS epochs, and always at the last (default: %(default)s)")
+    p.add_argument("--keep", type=int, default=3, metavar="N", help="keep the last N checkpoints (default: %(default)s)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic GPU kernels (XLA_FLAGS --xla_gpu_deterministic_ops=true; slower)")
     p.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
+    multi = p.add_argument_group("multi-host (one process per host; see the README)")
+    multi.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first")
+    multi.add_argument("--coordinator-address", help="HOST:PORT of process 0 (default: detected from the cluster)")
+    multi.add_argument("--num-processes", type=int, help="number of processes (default: detected)")
+    multi.add_argument("--process-id", type=int, help="this process's index (default: detected)")
     group = p.add_argument_group("config overrides (default: the preset's value)")
     for f in dataclasses.fields(C.Config):
         group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_type(f),
@@ -57,29 +81,47 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(C.Config)
                  if getattr(args, f.name) is not None}
+    if args.deterministic:  # read when the backend starts, so before any computation
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
+    if args.distributed and not (args.out or args.resume):
+        return _fail("--distributed needs --out (or --resume): every process must name the same run dir", 2)
+    if args.resume and args.preset:
+        return _fail(f"--preset {args.preset} with --resume: a resumed run keeps the config it was made with", 2)
+    from dcgan_jax.checkpoints import CheckpointError
+    from dcgan_jax.data import DataError
+    from dcgan_jax.outputs import RunDirError
+    from dcgan_jax.run import TrainingDiverged, fit, resume_config
+    preset = args.preset or "default"
     try:
-        config = C.preset(args.preset, **overrides)
+        config = resume_config(args.resume, **overrides) if args.resume else C.preset(preset, **overrides)
     except C.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return _fail(e, 2)
+    except RunDirError as e:
+        return _fail(e, 1)
     if config.dtype == "float64":
         import jax
         jax.config.update("jax_enable_x64", True)
-    from dcgan_jax.data import DataError
-    from dcgan_jax.outputs import RunDirError
-    from dcgan_jax.run import fit
-    out = args.out or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.distributed:
+        from dcgan_jax.parallel import initialize_distributed
+        initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    out = args.resume or args.out or f"runs/{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     start = time.perf_counter()
     try:
-        fit(config, out, overwrite=args.overwrite, progress=not args.no_progress)
+        fit(config, out, overwrite=args.overwrite, resume=bool(args.resume), checkpoint_every=args.checkpoint_every,
+            keep=args.keep, progress=not args.no_progress)
     except C.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (DataError, RunDirError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _fail(e, 2)
+    except (DataError, RunDirError, CheckpointError) as e:
+        return _fail(e, 1)
+    except TrainingDiverged as e:
+        return _fail(e, 3)
     print(f"done in {time.perf_counter() - start:.1f}s: {out}")
     return 0
+
+
+def _fail(message, status: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":
