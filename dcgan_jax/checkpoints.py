@@ -130,7 +130,7 @@ class RunCheckpoints:
             raise CorruptCheckpoint(f"meta unreadable: {_short(e)}") from None
         conflicts = config_conflicts(saved, config)
         if conflicts:
-            raise CheckpointError(f"{where}: {'; '.join(conflicts)}")
+            raise CheckpointError(f"{where}: {'; '.join(conflicts)} (a resumed run keeps its config)")
         abstract = place(jax.eval_shape(lambda: create_train_state(config, jax.random.key(0))))
         self._check_shapes(epoch, abstract, where)
         try:

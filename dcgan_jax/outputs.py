@@ -77,9 +77,14 @@ def write_config(run_dir: str, config: Config, **extra):
                  json.dumps(dict(config.to_dict(), **extra), indent=2).encode())
 
 
-def read_config(run_dir: str) -> Config:
+def read_run_info(run_dir: str) -> dict:
+    """config.json as written: the config's fields and the run's extras (backend, keep, ...)."""
     with open(os.path.join(run_dir, "config.json")) as f:
-        d = json.load(f)
+        return json.load(f)
+
+
+def read_config(run_dir: str) -> Config:
+    d = read_run_info(run_dir)
     known = set(Config.__dataclass_fields__)
     return Config.from_dict({k: v for k, v in d.items() if k in known})
 

@@ -36,11 +36,19 @@ def load_train_data(config: Config) -> Dataset:
 def resume_config(run_dir: str, **overrides) -> Config:
     """The config a run directory was made with, with `overrides` applied (fit checks them)."""
     outputs.check_resumable(run_dir)
+    info = _run_info(run_dir)
     try:
-        saved = outputs.read_config(run_dir)
+        saved = Config.from_dict({k: v for k, v in info.items() if k in Config.__dataclass_fields__})
+    except ValueError as e:
+        raise outputs.RunDirError(f"{os.path.join(run_dir, 'config.json')}: {e}") from None
+    return saved.replace(**overrides).validate()
+
+
+def _run_info(run_dir: str) -> dict:
+    try:
+        return outputs.read_run_info(run_dir)
     except (OSError, ValueError) as e:
         raise outputs.RunDirError(f"{os.path.join(run_dir, 'config.json')} is unreadable ({e})") from None
-    return saved.replace(**overrides).validate()
 
 
 def summary_line(record: dict, epochs: int) -> str:
@@ -50,24 +58,28 @@ def summary_line(record: dict, epochs: int) -> str:
 
 
 def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool = False,
-        checkpoint_every: int = 1, keep: int = 3, progress: bool = True,
+        checkpoint_every: Optional[int] = None, keep: Optional[int] = None, progress: bool = True,
         log: Callable[[str], None] = print, data: Optional[Dataset] = None,
         parallel: Optional[DataParallel] = None) -> TrainState:
     """Train `config` and write the run directory (layout in outputs.py). Returns the final state.
 
     resume=True continues the run in `run_dir` from its newest intact checkpoint (a finished run
     is not retrained); `config` may differ from the run's only in checkpoints.RESUMABLE_FIELDS.
+    checkpoint_every and keep default to the resumed run's, else to 1 and 3.
     Everything that can be checked (config, data, run dir, devices) is checked before anything
     is written. `parallel` defaults to a DataParallel over all devices.
     """
     config = config.validate()
-    for name, value in (("checkpoint_every", checkpoint_every), ("keep", keep)):
-        if not (isinstance(value, int) and value > 0):
-            raise ConfigError(f"{name}={value!r}: must be a positive integer")
     if resume and overwrite:
         raise outputs.RunDirError("--resume continues a run and --overwrite replaces it: pass one")
     if resume:
         outputs.check_resumable(run_dir)
+    saved = _run_info(run_dir) if resume else {}
+    checkpoint_every = saved.get("checkpoint_every", 1) if checkpoint_every is None else checkpoint_every
+    keep = saved.get("keep", 3) if keep is None else keep
+    for name, value in (("checkpoint_every", checkpoint_every), ("keep", keep)):
+        if not (isinstance(value, int) and value > 0):
+            raise ConfigError(f"{name}={value!r}: must be a positive integer")
     data = data or load_train_data(config)
     config = config.for_dataset(len(data.images))
     dp = parallel or DataParallel()
@@ -83,18 +95,19 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
     if resume and restored is None:  # killed before its first checkpoint: start it again
         conflicts = config_conflicts(outputs.read_config(run_dir), config)
         if conflicts:
-            raise CheckpointError(f"{os.path.join(run_dir, 'config.json')}: {'; '.join(conflicts)}")
+            raise CheckpointError(f"{os.path.join(run_dir, 'config.json')}: {'; '.join(conflicts)} "
+                                  f"(a resumed run keeps its config)")
     loop = resolve_loop(config.loop)
     if primary:
         outputs.write_config(run_dir, config, data_source=data.source, genuine_mnist=data.genuine,
                              backend=jax.default_backend(), devices=jax.device_count(),
-                             processes=jax.process_count(), loop_resolved=loop, jax_version=jax.__version__)
+                             processes=jax.process_count(), loop_resolved=loop, jax_version=jax.__version__,
+                             checkpoint_every=checkpoint_every, keep=keep)
 
     init_key, sample_key, train_key = run_keys(config.seed)
     if restored:
         state, records, start = restored.state, list(restored.records), restored.epoch + 1
         history = {k: [restored.history[k]] for k in outputs.METRIC_KEYS}
-        log(f"resuming {run_dir} after epoch {restored.epoch} (step {int(dp.to_host(state.step))})")
     else:
         state, records, start = dp.replicate(create_train_state(config, init_key)), [], 1
         history = {k: [] for k in outputs.METRIC_KEYS}
@@ -103,6 +116,8 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
     if start > config.epochs:
         log(f"{run_dir} already finished: epoch {start - 1} of {config.epochs} is checkpointed; nothing to train")
     else:
+        if restored:
+            log(f"resuming {run_dir} after epoch {restored.epoch} (step {int(dp.to_host(state.step))})")
         log(f"{data.source}: {len(data.images)} images, {config.steps_per_epoch} steps of "
             f"{config.batch_size} per epoch, epochs {start}..{config.epochs}, order {config.order}, "
             f"dtype {config.dtype}, loop {loop} on {dp.num_devices} {jax.default_backend()} device(s)")

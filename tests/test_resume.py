@@ -1,0 +1,136 @@
+"""Exact resume: a run SIGKILLed mid-epoch and mid-save, then resumed, ends bit-identical to one
+never interrupted (CPU); and two runs of the same seed and config give the same bits."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import make_idx_dir
+from dcgan_jax import preset
+from dcgan_jax.checkpoints import RunCheckpoints
+from dcgan_jax.run import fit
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*not the genuine MNIST")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 3 epochs of 3 steps of 4 images: small enough for three processes, long enough to be killed in.
+RUN = dict(batch_size=4, steps_per_epoch=3, epochs=3)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    # the path test_bad_inputs.py uses too: same config, so one compile serves both
+    return make_idx_dir(tmp_path_factory.getbasetemp() / "mnist_16", n_train=16, n_test=4)
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+    """The uninterrupted run, in this process."""
+    out = str(tmp_path_factory.mktemp("reference") / "run")
+    fit(preset("quick", data_dir=data_dir, **RUN), out, progress=False, log=lambda _: None)
+    return out
+
+
+def final_meta(run_dir):
+    ckpts = RunCheckpoints(run_dir)
+    meta = ckpts.manager.restore(ckpts.epochs()[-1]).meta
+    ckpts.close()
+    return meta
+
+
+def metrics_without_seconds(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in f]
+
+
+def read_bytes(run_dir, name):
+    with open(os.path.join(run_dir, name), "rb") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """JAX's persistent compilation cache, shared by this test's processes: each later process
+    loads the executables the first compiled (the same executables, so the same bits)."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def cli(args, cache):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]),
+               JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    return subprocess.Popen([sys.executable, "-u", "-m", "experiments.train", "--no-progress", *args],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def kill_when(proc, ready, delay=0.0, timeout=300):
+    """SIGKILL `proc` `delay` seconds after ready() holds; fail if it exits first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"exited before the kill point:\n{proc.stdout.read()}"
+        assert time.monotonic() < deadline, "kill point never reached"
+        time.sleep(0.002)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc.stdout.read()
+
+
+def lines(run_dir):
+    path = os.path.join(run_dir, "metrics.jsonl")
+    return open(path).read().count("\n") if os.path.exists(path) else 0
+
+
+def saving(run_dir, epoch):
+    folder = os.path.join(run_dir, "checkpoints")
+    return os.path.isdir(folder) and any(n.startswith(f"{epoch}.") and "tmp" in n for n in os.listdir(folder))
+
+
+def test_killed_mid_epoch_and_mid_save_resumes_bit_identical(reference, data_dir, compile_cache, tmp_path):
+    out = str(tmp_path / "run")
+    # 1: killed during epoch 2's steps (epoch 1 is checkpointed and logged; epoch 2 is not).
+    first = cli(["--preset", "quick", "--data-dir", data_dir, "--out", out, "--keep", "2",
+                 *[f"--{k.replace('_', '-')}={v}" for k, v in RUN.items()]], compile_cache)
+    log = kill_when(first, lambda: lines(out) == 1, delay=0.3)
+    assert first.returncode == -signal.SIGKILL
+    assert RunCheckpoints(out).epochs() == [1], log
+
+    # 2: resumed, and killed while epoch 2's checkpoint is being written.
+    second = cli(["--resume", out], compile_cache)
+    log = kill_when(second, lambda: saving(out, 2))
+    assert second.returncode == -signal.SIGKILL
+    assert RunCheckpoints(out).epochs() == [1], f"a half-written checkpoint looks valid\n{log}"
+
+    # 3: resumed to the end.
+    third = cli(["--resume", out], compile_cache)
+    log = third.communicate()[0]
+    assert third.returncode == 0, log
+    assert "resuming" in log and "after epoch 1" in log, log
+
+    assert final_meta(out)["state_sha256"] == final_meta(reference)["state_sha256"]
+    for name in ("generator.msgpack", "discriminator.msgpack"):
+        assert read_bytes(out, name) == read_bytes(reference, name)
+    assert metrics_without_seconds(out) == metrics_without_seconds(reference)
+    assert [r["epoch"] for r in metrics_without_seconds(out)] == [1, 2, 3]
+    steps, ref_steps = np.load(os.path.join(out, "step_metrics.npz")), np.load(os.path.join(reference, "step_metrics.npz"))
+    assert all(np.array_equal(steps[k], ref_steps[k]) for k in ref_steps.files)
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["2", "3"]  # keep 2, no leftovers
+
+    # A finished run is not trained again.
+    before = read_bytes(out, "generator.msgpack")
+    fourth = cli(["--resume", out], compile_cache)
+    log = fourth.communicate()[0]
+    assert fourth.returncode == 0 and "already finished" in log and "epoch   " not in log
+    assert read_bytes(out, "generator.msgpack") == before
+
+
+def test_same_seed_and_config_give_bit_identical_params(reference, data_dir, tmp_path):
+    out = str(tmp_path / "again")
+    fit(preset("quick", data_dir=data_dir, **RUN), out, progress=False, log=lambda _: None)
+    assert final_meta(out)["state_sha256"] == final_meta(reference)["state_sha256"]
+    for name in ("generator.msgpack", "discriminator.msgpack"):
+        assert read_bytes(out, name) == read_bytes(reference, name)
