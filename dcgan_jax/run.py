@@ -21,6 +21,9 @@ from .train import (TrainState, create_train_state, epoch_key, generate, learnin
                     resolve_loop, run_keys, to_unit_range)
 
 
+FINAL_FILES = ("losses.png", "generator.msgpack", "discriminator.msgpack")
+
+
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or Inf; the message names the step and the last good checkpoint."""
 
@@ -98,12 +101,6 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
             raise CheckpointError(f"{os.path.join(run_dir, 'config.json')}: {'; '.join(conflicts)} "
                                   f"(a resumed run keeps its config)")
     loop = resolve_loop(config.loop)
-    if primary:
-        outputs.write_config(run_dir, config, data_source=data.source, genuine_mnist=data.genuine,
-                             backend=jax.default_backend(), devices=jax.device_count(),
-                             processes=jax.process_count(), loop_resolved=loop, jax_version=jax.__version__,
-                             checkpoint_every=checkpoint_every, keep=keep)
-
     init_key, sample_key, train_key = run_keys(config.seed)
     if restored:
         state, records, start = restored.state, list(restored.records), restored.epoch + 1
@@ -111,10 +108,22 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
     else:
         state, records, start = dp.replicate(create_train_state(config, init_key)), [], 1
         history = {k: [] for k in outputs.METRIC_KEYS}
-    if primary:  # drop lines of epochs that ran after the restored checkpoint; they run again
+    finished = start > config.epochs
+    if finished and all(os.path.exists(os.path.join(run_dir, f)) for f in FINAL_FILES):
+        checkpoints.close()
+        log(f"{run_dir} already finished: epoch {start - 1} of {config.epochs} is checkpointed; nothing to do")
+        return state
+
+    if primary:
+        outputs.write_config(run_dir, config, data_source=data.source, genuine_mnist=data.genuine,
+                             backend=jax.default_backend(), devices=jax.device_count(),
+                             processes=jax.process_count(), loop_resolved=loop, jax_version=jax.__version__,
+                             checkpoint_every=checkpoint_every, keep=keep)
+        # drop lines of epochs that ran after the restored checkpoint: they run again
         outputs.write_metrics(run_dir, records)
-    if start > config.epochs:
-        log(f"{run_dir} already finished: epoch {start - 1} of {config.epochs} is checkpointed; nothing to train")
+    if finished:  # killed after its last checkpoint, before its final files
+        log(f"{run_dir} already finished: epoch {start - 1} of {config.epochs} is checkpointed; "
+            f"writing its final files")
     else:
         if restored:
             log(f"resuming {run_dir} after epoch {restored.epoch} (step {int(dp.to_host(state.step))})")
