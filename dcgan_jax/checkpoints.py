@@ -117,7 +117,7 @@ class RunCheckpoints:
             return restored
         if skipped:
             raise CheckpointError(f"{self.directory}: no intact checkpoint left (corrupt: epochs "
-                                  f"{', '.join(map(str, skipped))}, moved to corrupt_checkpoints/); "
+                                  f"{', '.join(map(str, skipped))}; moved to corrupt_checkpoints/); "
                                   f"pass --overwrite to start the run again")
         return None
 
@@ -175,5 +175,7 @@ class RunCheckpoints:
 
 
 def _short(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:160] if text else ''}"
+    """One short line of an exception (tensorstore's run to pages)."""
+    lines = str(e).strip().splitlines()
+    text = lines[0].split(" See full TensorStore details")[0] if lines else ""
+    return f"{type(e).__name__}: {text[:120] + '...' if len(text) > 120 else text}"
