@@ -182,6 +182,8 @@ def corrupt(run, epoch):
         f.truncate(os.path.getsize(victim) // 2)
 
 
+# a failed tensorstore read leaves orbax's asyncio callbacks to a closed loop: noise, not a leak
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(finished_run, tmp_path, capsys):
     _, run = finished_run
     run = copy_of(run, tmp_path)
@@ -196,6 +198,8 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(finished_run, tmp_pat
     assert [int(line.split(",")[0].split(":")[1]) for line in open(run / "metrics.jsonl")] == [1, 2, 3]
 
 
+# a failed tensorstore read leaves orbax's asyncio callbacks to a closed loop: noise, not a leak
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_no_intact_checkpoint_left(finished_run, tmp_path, capsys):
     _, run = finished_run
     run = copy_of(run, tmp_path)

@@ -140,3 +140,9 @@ def test_same_seed_and_config_give_bit_identical_params(reference, data_dir, tmp
     assert final_meta(out)["state_sha256"] == final_meta(reference)["state_sha256"]
     for name in ("generator.msgpack", "discriminator.msgpack"):
         assert read_bytes(out, name) == read_bytes(reference, name)
+
+
+def test_deterministic_flag_sets_xlas_gpu_flag_before_jax_starts(monkeypatch, capsys):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
+    assert main(["--deterministic", "--epochs", "0"]) == 2  # refused after the flag is set
+    assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_gpu_deterministic_ops=true"
