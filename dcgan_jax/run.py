@@ -95,6 +95,9 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
 
     checkpoints = RunCheckpoints(run_dir, keep)
     restored = checkpoints.restore_latest(config, dp.abstract, log) if resume else None
+    if restored and restored.meta.get("num_examples") != len(data.images):
+        raise CheckpointError(f"{checkpoints.directory}/{restored.epoch}: made with {restored.meta.get('num_examples')} "
+                              f"training images, this data has {len(data.images)} ({data.source})")
     if resume and restored is None:  # killed before its first checkpoint: start it again
         conflicts = config_conflicts(outputs.read_config(run_dir), config)
         if conflicts:

@@ -237,3 +237,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, tmp_pat
     assert RunCheckpoints(out).epochs() == [1]
     assert len(open(out / "metrics.jsonl").readlines()) == 1
     assert not (out / "generator.msgpack").exists()
+
+
+def test_resume_with_other_data(finished_run, tmp_path, capsys):
+    _, run = finished_run
+    other = make_idx_dir(tmp_path / "mnist20", n_train=20, n_test=4)
+    before = snapshot(run)
+    code, line = run_cli(["--resume", run, "--data-dir", other, "--epochs", "4"], capsys)
+    assert code == 1 and f"{run}/checkpoints/3: made with 16 training images, this data has 20" in line
+    assert snapshot(run) == before
