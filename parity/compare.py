@@ -21,7 +21,7 @@ import torch
 from dcgan_jax import losses
 from dcgan_jax.config import Config
 from dcgan_jax.models import Discriminator, Generator
-from dcgan_jax.train import create_train_state, noise, train_step
+from dcgan_jax.train import TrainState, build_optimizers, noise, train_step
 
 from . import reference
 from .convert import flax_to_torch, torch_to_flax
@@ -268,8 +268,9 @@ def gradient_rows(seed: int, batch: int = 8):
     z, real = rng.standard_normal((batch, LATENTS)), digit_like(rng, batch)
     with highest_precision(), jax.enable_x64(True):
         g_vars, d_vars = torch_to_flax(G.state_dict(), "generator"), torch_to_flax(D.state_dict(), "discriminator")
-        j = _tutorial_losses_jax(Generator(LATENTS, param_dtype=jnp.float64), Discriminator(param_dtype=jnp.float64),
-                                 g_vars, d_vars, jnp.asarray(z), jnp.asarray(real.transpose(0, 2, 3, 1)))
+        losses_fn = jax.jit(lambda *args: _tutorial_losses_jax(
+            Generator(LATENTS, param_dtype=jnp.float64), Discriminator(param_dtype=jnp.float64), *args))
+        j = losses_fn(g_vars, d_vars, jnp.asarray(z), jnp.asarray(real.transpose(0, 2, 3, 1)))
         j_g = flax_to_torch({"params": j["g_grads"], "batch_stats": j["g_stats"]}, "generator")
         j_d_after_g = flax_to_torch({"params": d_vars["params"], "batch_stats": j["d_stats_after_g"]}, "discriminator")
         j_d = flax_to_torch({"params": j["d_grads"], "batch_stats": j["d_stats"]}, "discriminator")
@@ -330,9 +331,11 @@ def torch_run(init, order, reals, zs, steps_per_epoch, dtype):
 def jax_run(init, config: Config, reals, keys):
     """dcgan_jax.train.train_step from the same weights; reals NCHW in [0, 1]."""
     g_vars, d_vars = torch_to_flax(init[0], "generator"), torch_to_flax(init[1], "discriminator")
-    state = create_train_state(config, jax.random.key(0)).replace(
-        g_params=g_vars["params"], g_stats=g_vars["batch_stats"],
-        d_params=d_vars["params"], d_stats=d_vars["batch_stats"])
+    # create_train_state's state with these weights, without its flax init (~20 s op by op on CPU).
+    g_tx, d_tx = build_optimizers(config.validate())
+    state = TrainState(step=jnp.zeros((), jnp.int32), g_params=g_vars["params"], g_stats=g_vars["batch_stats"],
+                       d_params=d_vars["params"], d_stats=d_vars["batch_stats"],
+                       g_opt=g_tx.init(g_vars["params"]), d_opt=d_tx.init(d_vars["params"]), config=config)
     history = []
     for real, key in zip(reals, keys):
         state, m = train_step(state, jnp.asarray(real.transpose(0, 2, 3, 1)), key)
