@@ -331,7 +331,7 @@ def torch_run(init, order, reals, zs, steps_per_epoch, dtype):
 def jax_run(init, config: Config, reals, keys):
     """dcgan_jax.train.train_step from the same weights; reals NCHW in [0, 1]."""
     g_vars, d_vars = torch_to_flax(init[0], "generator"), torch_to_flax(init[1], "discriminator")
-    # create_train_state's state with these weights, without its flax init (~20 s op by op on CPU).
+    # create_train_state's state with these weights, without compiling an init that they replace.
     g_tx, d_tx = build_optimizers(config.validate())
     state = TrainState(step=jnp.zeros((), jnp.int32), g_params=g_vars["params"], g_stats=g_vars["batch_stats"],
                        d_params=d_vars["params"], d_stats=d_vars["batch_stats"],
