@@ -46,9 +46,9 @@ def answer(results) -> str:
     train = max(results["batch"][c][2] for c in SCALES[1:])
     evaluation = max(results["running"][c][2] for c in SCALES[1:])
     return (f"In train mode G(c*z) equals G(sign(c)*z) to within {train:.2e} for |c| up to "
-            f"{max(abs(c) for c in SCALES):g}: the first BatchNorm divides the bias-free first layer's "
-            f"output by its batch std, which removes |c| (c < 0 acts like feeding -z, another N(0, 1) "
-            f"sample), so the tutorial's outputs stay digits. In eval mode the running std is fixed "
+            f"{max(abs(c) for c in SCALES):g} (the remainder is BatchNorm's eps): the first BatchNorm "
+            f"divides the bias-free first layer's output by its batch std, which removes |c| (c < 0 "
+            f"acts like feeding -z, another N(0, 1) sample), so the tutorial's outputs stay digits. In eval mode the running std is fixed "
             f"and the same change moves the outputs by up to {evaluation:.2f} (the Tanh range is 2): "
             f"the scale of z then matters.")
 
