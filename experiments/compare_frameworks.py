@@ -63,7 +63,7 @@ def train_torch(config, data, num_samples: int, device: str = "cpu"):
     D.apply(reference.weights_init)
     opt_g, opt_d, sched_g, sched_d = reference.make_optimizers(G, D, config.lr, (config.beta1, config.beta2))
     step = reference.g_then_d_step if config.order == "g_then_d" else reference.d_then_g_step
-    images = torch.from_numpy(data.images).to(device).permute(0, 3, 1, 2).float() / 255
+    images = torch.tensor(data.images, device=device).permute(0, 3, 1, 2).float() / 255
     if config.data_range == "minus_one_one":
         images = images * 2 - 1
     G.train(), D.train()
