@@ -54,27 +54,37 @@ def train_jax(config, data, run_dir: str, num_samples: int):
 
 
 def train_torch(config, data, num_samples: int, device: str = "cpu"):
-    """The tutorial's loop with parity.reference, seeded by config.seed."""
+    """The tutorial's loop with parity.reference, seeded by config.seed, on `device`.
+
+    Runs inside `torch.device(device)` so that every tensor the reference creates (its loss
+    labels included) lands on that device.
+    """
+    import torch
+    with torch.device(device):
+        return _train_torch(config, data, num_samples)
+
+
+def _train_torch(config, data, num_samples: int):
     import torch
     from parity import reference
     torch.manual_seed(config.seed)
-    G, D = reference.Generator(config.latent_dim).to(device), reference.Discriminator().to(device)
+    G, D = reference.Generator(config.latent_dim), reference.Discriminator()
     G.apply(reference.weights_init)
     D.apply(reference.weights_init)
     opt_g, opt_d, sched_g, sched_d = reference.make_optimizers(G, D, config.lr, (config.beta1, config.beta2))
     step = reference.g_then_d_step if config.order == "g_then_d" else reference.d_then_g_step
-    images = torch.tensor(data.images, device=device).permute(0, 3, 1, 2).float() / 255
+    images = torch.tensor(data.images).permute(0, 3, 1, 2).float() / 255
     if config.data_range == "minus_one_one":
         images = images * 2 - 1
     G.train(), D.train()
     epoch_seconds, losses = [], {}
     for _ in range(config.epochs):
         start = time.perf_counter()
-        order = torch.randperm(len(images), device=device)
+        order = torch.randperm(len(images))
         history = []
         for i in range(config.steps_per_epoch):
             real = images[order[i * config.batch_size:(i + 1) * config.batch_size]]
-            z = torch.randn(config.batch_size, config.latent_dim, 1, 1, device=device)
+            z = torch.randn(config.batch_size, config.latent_dim, 1, 1)
             history.append(step(G, D, opt_g, opt_d, real, z))
         sched_g.step(), sched_d.step()
         epoch_seconds.append(time.perf_counter() - start)
@@ -84,7 +94,7 @@ def train_torch(config, data, num_samples: int, device: str = "cpu"):
     out = []
     with torch.no_grad():
         for start in range(0, num_samples, config.batch_size):
-            z = torch.randn(config.batch_size, config.latent_dim, 1, 1, device=device)
+            z = torch.randn(config.batch_size, config.latent_dim, 1, 1)
             out.append(G(z).permute(0, 2, 3, 1).cpu().numpy())
     samples = np.concatenate(out)[:num_samples]
     if config.data_range == "minus_one_one":
