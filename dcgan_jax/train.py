@@ -51,8 +51,11 @@ def build_models(config: Config):
 
 def lr_schedule(config: Config, updates_per_epoch: int) -> optax.Schedule:
     """StepLR(step_size=lr_decay_every epochs, gamma=lr_decay) over optimizer updates."""
-    return optax.exponential_decay(config.lr, transition_steps=config.lr_decay_every * updates_per_epoch,
-                                   decay_rate=config.lr_decay, staircase=True)
+    schedule = optax.exponential_decay(config.lr, transition_steps=config.lr_decay_every * updates_per_epoch,
+                                       decay_rate=config.lr_decay, staircase=True)
+    # optax derives the rate from the int32 update count in float32; a float64 run needs it in
+    # float64 (a float32-rounded 2e-4 is 2.5e-8 off, which Adam's first steps amplify).
+    return lambda count: schedule(jnp.asarray(count, param_dtype(config)))
 
 
 def build_optimizers(config: Config):
