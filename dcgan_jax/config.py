@@ -90,7 +90,7 @@ PRESETS = {
     # Same, with the D-then-G alternation this project defaults to.
     "default": Config(),
     # A demo / smoke run that finishes in well under a minute on a 2-core CPU.
-    "quick": Config(epochs=2, steps_per_epoch=4, batch_size=32),
+    "quick": Config(epochs=2, steps_per_epoch=4, batch_size=16),
 }
 
 

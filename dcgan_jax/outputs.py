@@ -150,10 +150,10 @@ def load_variables(run_dir: str):
     from .train import build_models
     config = read_config(run_dir)
     generator, discriminator = build_models(config)
-    templates = {
-        "generator": generator.init(jax.random.key(0), np.zeros((1, config.latent_dim), np.float32), train=False),
-        "discriminator": discriminator.init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32), train=False),
-    }
+    init = lambda module, shape: jax.eval_shape(  # shapes and dtypes only, nothing computed
+        lambda: module.init(jax.random.key(0), np.zeros(shape, np.float32), train=False))
+    templates = {"generator": init(generator, (1, config.latent_dim)),
+                 "discriminator": init(discriminator, (1, 28, 28, 1))}
     loaded = []
     for name, template in templates.items():
         path = os.path.join(run_dir, f"{name}.msgpack")
@@ -163,7 +163,7 @@ def load_variables(run_dir: str):
             except Exception as e:
                 raise RunDirError(f"{path}: not a readable msgpack file ({e})") from None
         check_tree(template, state, path)
-        loaded.append(jax.tree.map(lambda t, v: np.asarray(v, dtype=t.dtype), jax_to_numpy(template), state))
+        loaded.append(jax.tree.map(lambda t, v: np.asarray(v, dtype=t.dtype), template, state))
     return config, loaded[0], loaded[1]
 
 

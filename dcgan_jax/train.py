@@ -68,7 +68,7 @@ def build_optimizers(config: Config):
 
 def learning_rate(config: Config, epoch: int) -> float:
     """The learning rate in force during `epoch` (1-based), as the tutorial's StepLR gives it."""
-    return float(lr_schedule(config, 1)((epoch - 1) * config.steps_per_epoch))
+    return float(lr_schedule(config, config.steps_per_epoch)((epoch - 1) * config.steps_per_epoch))
 
 
 def create_train_state(config: Config, key) -> TrainState:
@@ -76,6 +76,12 @@ def create_train_state(config: Config, key) -> TrainState:
     config = config.validate()
     if config.dtype == "float64" and not jax.config.jax_enable_x64:
         raise ConfigError("dtype='float64' needs jax.config.update('jax_enable_x64', True) first")
+    build_optimizers(config)  # fail here, not inside jit, on an unresolved steps_per_epoch
+    return _init_state(config, key)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _init_state(config: Config, key) -> TrainState:
     generator, discriminator = build_models(config)
     g_tx, d_tx = build_optimizers(config)
     g_key, d_key = jax.random.split(key)

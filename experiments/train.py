@@ -4,7 +4,7 @@
   python -m experiments.train --preset quick --out /tmp/quick          # TFDS 'mnist' (online)
 
 Presets: reference (the tutorial exactly: G-then-D, [0, 1] data, 20 epochs of 600 steps of 100),
-default (the same with D-then-G), quick (2 epochs of 4 steps of 32, a smoke test). Every config
+default (the same with D-then-G), quick (2 epochs of 4 steps of 16, a smoke test). Every config
 field has a flag overriding the preset; see --help.
 """
 import argparse

@@ -1,0 +1,95 @@
+"""Training functions: purity, keys, epoch loop strategies, order/k options, schedule, dtypes."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dcgan_jax import Config, create_train_state, learning_rate, train_epoch, train_step
+from dcgan_jax.train import build_optimizers, lr_schedule, scale_images
+
+BATCH = 8
+
+
+def tiny(**kw):
+    return Config(batch_size=BATCH, **kw).for_dataset(32)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return jnp.asarray(np.random.default_rng(0).integers(0, 256, (32, 28, 28, 1), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def state():
+    return create_train_state(tiny(), jax.random.key(0))
+
+
+def leaves_equal(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_train_step_is_pure_and_key_driven(state, images):
+    key = jax.random.key(1)
+    s1, m1 = train_step(state, images[:BATCH], key)
+    s2, m2 = train_step(state, images[:BATCH], key)
+    assert leaves_equal((s1, m1), (s2, m2))           # same inputs -> bitwise same outputs
+    s3, m3 = train_step(state, images[:BATCH], jax.random.key(2))
+    assert float(m3["loss_g"]) != float(m1["loss_g"])  # another key -> other noise
+    assert not leaves_equal(s1.g_params, s3.g_params)
+    assert int(s1.step) == 1 and int(state.step) == 0  # the input state is untouched
+    assert all(np.isfinite(float(v)) for v in m1.values())
+    assert 0 < float(m1["d_real"]) < 1 and 0 < float(m1["d_fake"]) < 1
+
+
+def test_d_steps_and_g_then_d_order(images):
+    """k discriminator updates per generator update, in the tutorial's G-then-D order too."""
+    s = create_train_state(tiny(order="g_then_d", d_steps=2), jax.random.key(0))
+    s, _ = train_step(s, images[:BATCH], jax.random.key(1))
+    counts = lambda opt: {int(leaf) for _, leaf in optax.tree_utils.tree_get_all_with_path(opt, "count")}
+    assert counts(s.g_opt) == {1} and counts(s.d_opt) == {2}
+
+
+def test_scanned_epoch_equals_loop_of_steps(images):
+    """Same batches and keys either way. Different programs round differently in float32, so
+    compare in float64 (../shared/REFERENCE.md, parity notes)."""
+    with jax.enable_x64(True):
+        config = Config(batch_size=4, steps_per_epoch=2, dtype="float64").for_dataset(32)
+        state = create_train_state(config, jax.random.key(0))
+        key = jax.random.key(3)
+        looped, m_loop = train_epoch(state, images, key, loop="steps")
+        from dcgan_jax.train import epoch_plan
+        idx, keys = epoch_plan(key, 32, 2, 4)
+        manual = state
+        for i in range(2):
+            manual, _ = train_step(manual, images[idx[i]], keys[i])
+        assert leaves_equal(looped, manual)            # the loop is exactly these train_step calls
+        scanned, m_scan = train_epoch(state, images, key, loop="scan")
+        for a, b in zip(jax.tree.leaves((looped, m_loop)), jax.tree.leaves((scanned, m_scan))):
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_step_lr_schedule_matches_steplr():
+    config = Config(steps_per_epoch=7)
+    for epoch in range(1, 21):
+        torch_steplr = 2e-4 * 0.5 ** ((epoch - 1) // 5)   # StepLR(step_size=5, gamma=0.5), stepped per epoch
+        assert learning_rate(config, epoch) == pytest.approx(torch_steplr, rel=1e-6)
+    assert [learning_rate(config, e) for e in (1, 6, 11, 16)] == pytest.approx([2e-4, 1e-4, 5e-5, 2.5e-5], rel=1e-6)
+    # the discriminator's schedule counts its d_steps updates per iteration
+    d_sched = lr_schedule(Config(steps_per_epoch=7, d_steps=3), 3 * 7)
+    assert float(d_sched(5 * 7 * 3 - 1)) == pytest.approx(2e-4) and float(d_sched(5 * 7 * 3)) == pytest.approx(1e-4)
+    g_tx, d_tx = build_optimizers(Config(steps_per_epoch=7, d_steps=3))
+    assert g_tx is not None and d_tx is not None
+
+
+def test_data_range_scaling():
+    pixels = jnp.array([0, 255], jnp.uint8)
+    np.testing.assert_allclose(scale_images(pixels, Config()), [0, 1])
+    np.testing.assert_allclose(scale_images(pixels, Config(data_range="minus_one_one")), [-1, 1])
+
+
+def test_bfloat16_compute_keeps_float32_params(images):
+    s = create_train_state(tiny(dtype="bfloat16"), jax.random.key(0))
+    s, m = train_step(s, images[:BATCH], jax.random.key(1))
+    assert {x.dtype for x in jax.tree.leaves((s.g_params, s.d_params, s.g_stats, s.d_stats))} == {jnp.dtype("float32")}
+    assert all(np.isfinite(float(v)) for v in m.values())
