@@ -31,9 +31,11 @@ def load_tutorial_module(path: str) -> nn.Module:
         with torch.serialization.safe_globals(_ALLOWED):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = re.search(r"WeightsUnpickler error: ([^.]*)", str(e))
-        raise TutorialFileError(f"{path}: refused to unpickle: "
-                                f"{reason.group(1) if reason else 'not a torch.save file'}") from None
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        other = re.search(r"WeightsUnpickler error: ([^\n]*)", str(e))
+        reason = (f"global {refused.group(1)} is not on the allow-list" if refused
+                  else other.group(1) if other else "not a torch.save file")
+        raise TutorialFileError(f"{path}: refused to unpickle: {reason}") from None
     if isinstance(obj, tuple(_TUTORIAL_CLASSES)):
         return obj
     if isinstance(obj, dict):
