@@ -33,6 +33,7 @@ run 270 $PY -m benchmarks.bench --device "$DEVICE" --epochs "$EPOCHS" --steps-pe
   --data-dir "$DATA_DIR" --json "$OUT/bench.json" ${BENCH_VARIANTS:+--variants "$BENCH_VARIANTS"}
 
 REF_ARGS=(--preset reference --data-dir "$DATA_DIR" --epochs "$REF_EPOCHS" --steps-per-epoch "$REF_STEPS" --no-progress --overwrite)
+rm -rf /tmp/dcgan_cache
 for start in cold warm; do
   section "reference run, $REF_EPOCHS epochs, compile cache $start"
   run 110 $PY -m benchmarks.reference_run /tmp/dcgan_cache "${REF_ARGS[@]}" --out /tmp/ref_$start
