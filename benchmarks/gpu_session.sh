@@ -29,7 +29,7 @@ section "environment"
   nproc; } 2>&1 | tee -a "$LOG"
 
 section "harness: all variants, $EPOCHS epochs of $STEPS steps"
-run 270 $PY -m benchmarks.bench --device "$DEVICE" --epochs "$EPOCHS" --steps-per-epoch "$STEPS" \
+run 300 $PY -m benchmarks.bench --device "$DEVICE" --epochs "$EPOCHS" --steps-per-epoch "$STEPS" \
   --data-dir "$DATA_DIR" --json "$OUT/bench.json" ${BENCH_VARIANTS:+--variants "$BENCH_VARIANTS"}
 
 REF_ARGS=(--preset reference --data-dir "$DATA_DIR" --epochs "$REF_EPOCHS" --steps-per-epoch "$REF_STEPS" --no-progress --overwrite)
