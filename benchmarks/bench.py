@@ -53,8 +53,6 @@ def worker(args) -> dict:
             from dcgan_jax.compile_cache import enable_compile_cache
             enable_compile_cache(args.compile_cache)
         from benchmarks import jax_loops
-        if args.phased:
-            jax_loops.force_phased_conv_transpose()
         seconds, peak, last = jax_loops.run(args.variant, images, args.epochs, args.steps_per_epoch,
                                             args.batch_size)
         import flax
@@ -74,7 +72,7 @@ def worker(args) -> dict:
         "peak_mem_kind": "device" if peak is not None else "host_rss",
         "process_to_first_epoch_s": time.time() - args.t0 - sum(seconds[1:]),
         "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size, "epochs": args.epochs,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""), "phased_conv_transpose": args.phased,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "compile_cache": args.compile_cache, "last_losses": last, "versions": versions,
     }
 
@@ -86,8 +84,6 @@ def spawn(variant, args) -> dict:
     for flag in ("data_dir", "compile_cache", "tag"):
         if getattr(args, flag):
             cmd += ["--" + flag.replace("_", "-"), getattr(args, flag)]
-    if args.phased:
-        cmd.append("--phased")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     rows = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode or not rows:
@@ -124,8 +120,6 @@ def main(argv=None):
                                       "(default: all on gpu, no scan/compile on cpu)")
     p.add_argument("--json", help="write the rows here (a list of objects)")
     p.add_argument("--compile-cache", help="JAX variants: persistent compilation cache folder")
-    p.add_argument("--phased", action="store_true",
-                   help="JAX variants: phased transposed convolutions on every backend (A/B)")
     p.add_argument("--tag", help="label appended to the variant names (A/B runs)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--t0", type=float, help=argparse.SUPPRESS)

@@ -16,12 +16,6 @@ VARIANTS = {
 }
 
 
-def force_phased_conv_transpose():
-    """A/B switch: the phased transposed convolution on every backend, not only on CPU."""
-    from dcgan_jax import models
-    models.conv_transpose_dilated = models.conv_transpose_phased
-
-
 def run(variant: str, images: np.ndarray, epochs: int, steps: int, batch: int = 100):
     loop, dtype = VARIANTS[variant]
     config = preset("reference", dtype=dtype, loop=loop, epochs=epochs, steps_per_epoch=steps,
