@@ -76,6 +76,9 @@ def conv_transpose_phased(x, kernel, stride: int, pad: int):
     Needs an output size divisible by the stride.
     """
     size = x.shape[1:3]
+    out = [(n - 1) * stride + 2 * pad - kernel.shape[d] + 2 for d, n in enumerate(size)]
+    if any(o % stride for o in out):
+        raise ValueError(f"conv_transpose_phased: output size {out} is not a multiple of stride {stride}")
     phases = [[_phase(n, kernel.shape[d], stride, pad, a) for a in range(stride)]
               for d, n in enumerate(size)]
     rows = []
