@@ -1,0 +1,151 @@
+"""Benchmark dcgan_jax against the PyTorch tutorial: same data, batch, device, in one sitting.
+
+  python -m benchmarks.bench --device gpu --epochs 3 --data-dir ../shared/data/mnist --json out.json
+  python -m benchmarks.bench --device cpu --epochs 2 --steps-per-epoch 5     # minutes on 2 cores
+
+Each variant runs in its own subprocess (its own compile caches, allocator and peak memory);
+the table and JSON report the steady epoch (median of the epochs after the first), the first
+epoch (compilation included), images/s, speed-up over the tutorial loop, achieved TFLOP/s
+(FLOPs counted from the layer shapes, benchmarks/flops.py) and peak memory.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from benchmarks.flops import step_flops
+
+TORCH_VARIANTS = ("torch_tutorial", "torch_device_data", "torch_compile")
+JAX_VARIANTS = ("jax_scan_fp32", "jax_steps_fp32", "jax_scan_bf16", "jax_steps_bf16")
+# CPU: torch.compile needs a C++ toolchain and minutes; XLA:CPU is slow inside a scan (NOTES.md).
+DEFAULT_VARIANTS = {"gpu": TORCH_VARIANTS + JAX_VARIANTS,
+                    "cpu": ("torch_tutorial", "torch_device_data", "jax_steps_fp32", "jax_steps_bf16")}
+
+
+def load_images(data_dir):
+    from dcgan_jax.data import load_mnist
+    return load_mnist("train", data_dir).images
+
+
+def worker(args) -> dict:
+    """Run one variant in this process and return its row."""
+    if args.device == "cpu":
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    images = load_images(args.data_dir)
+    if args.variant.startswith("torch"):
+        import torch
+        from benchmarks import torch_loops
+        seconds, peak, last = torch_loops.run(args.variant, images, args.device, args.epochs,
+                                              args.steps_per_epoch, args.batch_size)
+        framework, versions = "pytorch", {"torch": torch.__version__}
+        dtype = "float32"
+        device_name = torch.cuda.get_device_name() if args.device == "gpu" else "cpu"
+    else:
+        import jax
+        if args.compile_cache:
+            from dcgan_jax.compile_cache import enable_compile_cache
+            enable_compile_cache(args.compile_cache)
+        from benchmarks import jax_loops
+        seconds, peak, last = jax_loops.run(args.variant, images, args.epochs, args.steps_per_epoch,
+                                            args.batch_size)
+        import flax
+        framework, versions = "jax", {"jax": jax.__version__, "flax": flax.__version__}
+        dtype = jax_loops.VARIANTS[args.variant][1]
+        device_name = jax.devices()[0].device_kind
+    steady = float(np.median(seconds[1:])) if len(seconds) > 1 else seconds[0]
+    step_s = steady / args.steps_per_epoch
+    return {
+        "variant": args.variant + (f"[{args.tag}]" if args.tag else ""),
+        "framework": framework, "device": args.device, "device_name": device_name, "dtype": dtype,
+        "steady_epoch_s": steady, "first_epoch_s": seconds[0], "epoch_s": seconds,
+        "step_ms": 1e3 * step_s, "images_per_s": args.batch_size / step_s,
+        "tflops": step_flops(args.batch_size) / step_s / 1e12,
+        "peak_mem_mb": (peak / 2**20 if peak is not None
+                        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_mem_kind": "device" if peak is not None else "host_rss",
+        "process_to_first_epoch_s": time.time() - args.t0 - sum(seconds[1:]),
+        "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size, "epochs": args.epochs,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "compile_cache": args.compile_cache, "last_losses": last, "versions": versions,
+    }
+
+
+def spawn(variant, args) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.bench", "--worker", variant, "--device", args.device,
+           "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps_per_epoch),
+           "--batch-size", str(args.batch_size), "--t0", repr(time.time())]
+    for flag in ("data_dir", "compile_cache", "tag"):
+        if getattr(args, flag):
+            cmd += ["--" + flag.replace("_", "-"), getattr(args, flag)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    rows = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    if proc.returncode or not rows:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        return {"variant": variant, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(rows[-1][len("RESULT "):])
+
+
+def table(rows) -> str:
+    ok = [r for r in rows if "error" not in r]
+    base = next((r["steady_epoch_s"] for r in ok if r["variant"] == "torch_tutorial"), None)
+    lines = ["| variant | dtype | steady epoch (s) | first epoch (s) | step (ms) | images/s | "
+             "× tutorial | TFLOP/s | peak mem (MiB) |", "|---" * 9 + "|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | failed: {r['error'][:80]} |" + " |" * 7)
+            continue
+        speedup = f"{base / r['steady_epoch_s']:.1f}" if base else "-"
+        lines.append(f"| {r['variant']} | {r['dtype']} | {r['steady_epoch_s']:.2f} | "
+                     f"{r['first_epoch_s']:.2f} | {r['step_ms']:.1f} | {r['images_per_s']:.0f} | "
+                     f"{speedup} | {r['tflops']:.3g} | {r['peak_mem_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "gpu"), default="gpu")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per variant (>= 2: the first compiles)")
+    p.add_argument("--steps-per-epoch", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--data-dir", help="folder with the MNIST IDX files (default: TFDS 'mnist')")
+    p.add_argument("--variants", help=f"comma-separated, from {', '.join(TORCH_VARIANTS + JAX_VARIANTS)} "
+                                      "(default: all on gpu, no scan/compile on cpu)")
+    p.add_argument("--json", help="write the rows here (a list of objects)")
+    p.add_argument("--compile-cache", help="JAX variants: persistent compilation cache folder")
+    p.add_argument("--tag", help="label appended to the variant names (A/B runs)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--t0", type=float, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        args.variant = args.worker
+        print("RESULT " + json.dumps(worker(args)), flush=True)
+        return 0
+    variants = args.variants.split(",") if args.variants else DEFAULT_VARIANTS[args.device]
+    unknown = set(variants) - set(TORCH_VARIANTS + JAX_VARIANTS)
+    if unknown or args.epochs < 1 or args.steps_per_epoch < 1:
+        p.error(f"unknown variant(s): {', '.join(sorted(unknown))}" if unknown else "epochs and steps must be >= 1")
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    rows = []
+    for v in variants:
+        row = spawn(v, args)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    meta = {"date": started,
+            "host": platform.node(), "cpus": os.cpu_count(), "command": " ".join(sys.argv)}
+    print(f"\n{meta['date']}  {meta['command']}\n" + table(rows), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([dict(r, **meta) for r in rows], f, indent=1)
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Where a dcgan_jax train step spends its time: the top XLA ops from a profiler trace.
+
+  python -m benchmarks.profile --loop scan --steps 50          # GPU: one scanned epoch of 50 steps
+  python -m benchmarks.profile --loop steps --steps 3          # CPU: three jitted steps
+
+Compiles first, then traces; sums each HLO op's device time (GPU kernels, or XLA:CPU thunks)
+over the traced steps and prints the top ops per step with their opcode, cuDNN call and shape.
+"""
+import argparse
+import collections
+import glob
+import re
+import tempfile
+
+import jax
+import numpy as np
+
+from dcgan_jax.config import preset
+from dcgan_jax.train import _scan_epoch, create_train_state, epoch_plan, train_step
+
+INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.+?) ([\w\-]+)\(")
+
+
+def describe_ops(hlo_text: str) -> dict:
+    """HLO op name -> 'opcode shape [custom-call target]' from a compiled module's text."""
+    out = {}
+    for line in hlo_text.splitlines():
+        m = INSTR.match(line)
+        if not m:
+            continue
+        name, shape, opcode = m.groups()
+        target = re.search(r'custom_call_target="([^"]+)"', line)
+        calls = re.search(r"calls=%?([\w.\-]+)", line)
+        detail = target.group(1) if target else (calls.group(1) if calls else "")
+        out[name] = f"{opcode} {detail} {shape[:60]}".strip()
+    return out
+
+
+def device_op_times(trace_dir: str) -> collections.Counter:
+    """Sum of durations (ns) per HLO op over the device planes (GPU) or XLA:CPU worker threads."""
+    path = sorted(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True))[-1]
+    data = jax.profiler.ProfileData.from_file(path)
+    gpu = [p for p in data.planes if p.name.startswith("/device:GPU")]
+    totals = collections.Counter()
+    for plane in gpu or [p for p in data.planes if p.name == "/host:CPU"]:
+        for line in plane.lines:
+            if not gpu and line.name == "python":
+                continue
+            for event in line.events:
+                stats = dict(event.stats)
+                op = stats.get("hlo_op") or (event.name if gpu else None)
+                if op:
+                    totals[op] += event.duration_ns
+    return totals
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--loop", choices=("scan", "steps"), default="scan")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--top", type=int, default=30)
+    args = p.parse_args(argv)
+    config = preset("reference", dtype=args.dtype, steps_per_epoch=args.steps,
+                    batch_size=args.batch_size).for_dataset(args.steps * args.batch_size)
+    state = create_train_state(config, jax.random.key(0))
+    images = jax.device_put(np.random.default_rng(0).integers(
+        0, 256, (args.steps * args.batch_size, 28, 28, 1), dtype=np.uint8))
+    key = jax.random.key(1)
+    if args.loop == "scan":
+        compiled = _scan_epoch.lower(state, images, key).compile()
+        run = lambda s: compiled(s, images, key)[0]
+    else:
+        idx, keys = epoch_plan(key, len(images), args.steps, args.batch_size)
+        compiled = train_step.lower(state, images[idx[0]], keys[0]).compile()
+
+        def run(s):
+            for i in range(args.steps):
+                s = compiled(s, images[idx[i]], keys[i])[0]
+            return s
+    names = describe_ops(compiled.as_text())
+    state = jax.block_until_ready(run(state))           # warm-up (autotuning, allocations)
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir)
+        state = jax.block_until_ready(run(state))
+        jax.profiler.stop_trace()
+        totals = device_op_times(trace_dir)
+    total = sum(totals.values())
+    print(f"{jax.devices()[0].device_kind}, loop={args.loop}, {args.dtype}, batch {args.batch_size}: "
+          f"{total / 1e6 / args.steps:.3f} ms of op time per step over {args.steps} steps, {len(totals)} ops")
+    by_kind = collections.Counter()
+    for op, ns in totals.items():
+        desc = names.get(op, op).split(" ")
+        by_kind[" ".join(desc[:2]) if desc[0] == "custom-call" else desc[0]] += ns
+    print("by opcode: " + ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in by_kind.most_common(8)))
+    print(f"{'op':40s} {'ms/step':>8s} {'%':>5s}  what")
+    for op, ns in totals.most_common(args.top):
+        print(f"{op[:40]:40s} {ns / 1e6 / args.steps:8.3f} {100 * ns / total:5.1f}  {names.get(op, '?')}")
+
+
+if __name__ == "__main__":
+    main()

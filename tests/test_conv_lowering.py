@@ -1,0 +1,53 @@
+"""The speed-motivated convolution forms in models.py compute exactly the textbook ones."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dcgan_jax.models import conv_transpose_dilated, conv_transpose_phased, conv_valid, pad_hw
+
+
+@pytest.fixture
+def x64():
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", False)
+
+
+def _conv_transpose_reference(x, kernel, stride, pad):
+    """lax.conv_transpose with flax's kernel layout (transpose_kernel=False)."""
+    return jax.lax.conv_transpose(x, kernel, (stride, stride), ((pad, pad),) * 2,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+# (kernel, stride, PyTorch padding, input size): the tutorial's stride-2 layers (1->2, 3->6, 7->14,
+# 14->28) and other shapes whose output divides by the stride.
+@pytest.mark.parametrize("k,s,p,n", [(4, 2, 1, 1), (4, 2, 1, 3), (4, 2, 1, 7), (2, 2, 0, 4), (6, 3, 0, 3), (3, 3, 0, 2)])
+def test_phased_transposed_conv_equals_dilated(x64, k, s, p, n):
+    rng = np.random.default_rng(k * 100 + n)
+    x = jnp.asarray(rng.standard_normal((2, n, n, 3)))
+    kernel = jnp.asarray(rng.standard_normal((k, k, 3, 4)))
+    pad = k - 1 - p
+    reference = _conv_transpose_reference(x, kernel, s, pad)
+    np.testing.assert_allclose(conv_transpose_dilated(x, kernel, s, pad), reference, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(conv_transpose_phased(x, kernel, s, pad), reference, rtol=1e-12, atol=1e-12)
+
+    def loss(f):
+        return lambda x, w: jnp.sum(jnp.sin(f(x, w, s, pad)))
+    grads = jax.grad(loss(conv_transpose_phased), (0, 1))(x, kernel)
+    expected = jax.grad(loss(_conv_transpose_reference), (0, 1))(x, kernel)
+    for g, e in zip(grads, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
+
+
+def test_explicit_padding_equals_padded_window(x64):
+    rng = np.random.default_rng(0)
+    x, kernel = jnp.asarray(rng.standard_normal((2, 5, 5, 3))), jnp.asarray(rng.standard_normal((3, 3, 3, 2)))
+    expected = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (2, 0)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(conv_valid(pad_hw(x, ((1, 1), (2, 0))), kernel), expected, rtol=1e-12)
+
+
+def test_phased_rejects_output_not_divisible_by_stride():
+    with pytest.raises(ValueError, match="not a multiple of stride 3"):
+        conv_transpose_phased(jnp.ones((1, 3, 3, 1)), jnp.ones((6, 6, 1, 1)), 3, 4)
