@@ -65,6 +65,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic GPU kernels (XLA_FLAGS --xla_gpu_deterministic_ops=true; slower)")
     p.add_argument("--no-progress", action="store_true", help="no per-step progress bar")
+    p.add_argument("--compile-cache", metavar="DIR|off",
+                   default=os.environ.get("DCGAN_JAX_COMPILE_CACHE", "~/.cache/dcgan_jax/jax"),
+                   help="persistent XLA compilation cache, or 'off' (default: $DCGAN_JAX_COMPILE_CACHE, "
+                        "else %(default)s)")
     multi = p.add_argument_group("multi-host (one process per host; see the README)")
     multi.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first")
     multi.add_argument("--coordinator-address", help="HOST:PORT of process 0 (default: detected from the cluster)")
@@ -104,6 +108,9 @@ def main(argv=None) -> int:
     if args.distributed:
         from dcgan_jax.parallel import initialize_distributed
         initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    if args.compile_cache != "off":
+        from dcgan_jax.compile_cache import enable_compile_cache
+        enable_compile_cache(args.compile_cache)
     out = args.resume or args.out or f"runs/{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     start = time.perf_counter()
     try:

@@ -80,7 +80,7 @@ def make_optimizers(G, D, lr=2e-4, betas=(0.5, 0.999)):
 
 
 def _ce(logits, label):
-    return F.cross_entropy(logits, torch.full(logits.shape[:1], label, dtype=torch.long))
+    return F.cross_entropy(logits, torch.full(logits.shape[:1], label, dtype=torch.long, device=logits.device))
 
 
 def _prob_real(logits):

@@ -5,6 +5,10 @@ import os
 import numpy as np
 import pytest
 
+# Tests compile into the process only: the CLI's persistent compilation cache stays off unless a
+# test turns it on explicitly.
+os.environ["DCGAN_JAX_COMPILE_CACHE"] = "off"
+
 
 def write_idx(path, array, magic, compress=True):
     """Write `array` (uint8) as an IDX file with the given magic number (optionally gzipped)."""
