@@ -234,15 +234,20 @@ def train_epoch(state: TrainState, images, key, loop: Optional[str] = None,
     return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
 
 
-@functools.partial(jax.jit, static_argnames="bn")
-def generate(state: TrainState, z, bn: str = "batch"):
-    """G(z) without touching the state. bn='batch' normalises with this batch's statistics
-    (train mode, what the tutorial's sampling did); bn='running' uses the running statistics."""
-    generator, _ = build_models(state.config)
-    variables = state.generator_variables
+@functools.partial(jax.jit, static_argnames=("config", "bn"))
+def generator_output(config: Config, generator_variables, z, bn: str = "batch"):
+    """G(z) (Tanh range) from generator variables, changing nothing. bn='batch' normalises with
+    this batch's statistics (train mode, what the tutorial's sampling did); bn='running' uses the
+    running statistics (eval mode)."""
+    generator, _ = build_models(config)
     if bn == "batch":
-        return generator.apply(variables, z, train=True, mutable=["batch_stats"])[0]
-    return generator.apply(variables, z, train=False)
+        return generator.apply(generator_variables, z, train=True, mutable=["batch_stats"])[0]
+    return generator.apply(generator_variables, z, train=False)
+
+
+def generate(state: TrainState, z, bn: str = "batch"):
+    """G(z) from a train state, without touching it; see generator_output."""
+    return generator_output(state.config, state.generator_variables, z, bn)
 
 
 def to_unit_range(images, config: Config):

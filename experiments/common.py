@@ -1,12 +1,11 @@
 """Helpers the experiment scripts share: open a finished run directory, sample its generator."""
-import functools
 import sys
 
 import jax
 import numpy as np
 
 from dcgan_jax.outputs import RunDirError, load_variables
-from dcgan_jax.train import build_models, to_unit_range
+from dcgan_jax.train import generator_output, to_unit_range
 
 
 def load_run(run_dir: str):
@@ -15,16 +14,6 @@ def load_run(run_dir: str):
         return load_variables(run_dir)
     except (OSError, RunDirError, ValueError) as e:
         sys.exit(f"error: {run_dir}: not a finished run directory ({e})")
-
-
-@functools.partial(jax.jit, static_argnames=("config", "bn"))
-def generator_output(config, variables, z, bn: str = "batch"):
-    """Raw G(z) (Tanh range). bn='batch': train mode, normalised with this batch's statistics
-    (what the tutorial ran); bn='running': eval mode, with the running statistics."""
-    generator, _ = build_models(config)
-    if bn == "batch":
-        return generator.apply(variables, z, train=True, mutable=["batch_stats"])[0]
-    return generator.apply(variables, z, train=False)
 
 
 def generate_images(config, variables, num: int, key, bn: str = "batch", batch_size=None) -> np.ndarray:

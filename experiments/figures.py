@@ -20,8 +20,8 @@ import numpy as np
 
 from dcgan_jax.data import DataError, load_mnist
 from dcgan_jax.outputs import image_grid
-from dcgan_jax.train import to_unit_range
-from experiments.common import generate_images, generator_output, load_run
+from dcgan_jax.train import generator_output, to_unit_range
+from experiments.common import generate_images, load_run
 
 
 def _pyplot():

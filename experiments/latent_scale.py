@@ -22,7 +22,8 @@ import jax
 import numpy as np
 
 from dcgan_jax.outputs import image_grid
-from experiments.common import generator_output, load_run
+from dcgan_jax.train import generator_output
+from experiments.common import load_run
 
 SCALES = (1.0, -10000.0, 50000.0)
 MODES = (("batch", "train mode (batch statistics, as the tutorial)"),
