@@ -4,6 +4,7 @@ Layer for layer what ../shared/REFERENCE.md tabulates. Submodule names follow th
 state_dict nesting (`layer1_0` is `layer1.0`, `conv_3` is `conv.3`) so weight conversion in
 `parity/` is a renaming plus layout changes.
 """
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -34,23 +35,82 @@ def torch_default_uniform(fan_in: int):
 
 
 def pad_hw(x, padding):
-    """Zero-pad the spatial axes of NHWC `x`; padding = ((lo, hi), (lo, hi)), negative crops.
-
-    Convolutions here take explicitly padded input and VALID windows: XLA folds the pad into the
-    forward convolution anyway, and XLA:CPU then runs the weight gradient as a plain (YNNPACK)
-    convolution instead of its slow generic loop for padded windows (4x on layer3_0)."""
+    """Zero-pad the spatial axes of NHWC `x`; padding = ((lo, hi), (lo, hi)), negative crops."""
     return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0)))
 
 
-def conv_valid(x, kernel):
-    return lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+def _lax_conv(x, kernel, stride: int, pad: int):
+    return lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad),) * 2,
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _patches_conv(x, kernel, stride: int):
+    """VALID convolution as one matmul over the kernel's patches (N, H', W', k_h * k_w * C)."""
+    k_h, k_w, c_in, c_out = kernel.shape
+    out_h, out_w = (x.shape[1] - k_h) // stride + 1, (x.shape[2] - k_w) // stride + 1
+    patches = jnp.concatenate([
+        x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
+        for i in range(k_h) for j in range(k_w)], axis=-1)
+    return jnp.dot(patches, kernel.reshape(k_h * k_w * c_in, c_out))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_split_grads(x, kernel, stride: int, pad: int):
+    return _lax_conv(x, kernel, stride, pad)
+
+
+def _conv_split_grads_fwd(x, kernel, stride, pad):
+    return _lax_conv(x, kernel, stride, pad), (x, kernel)
+
+
+def _conv_split_grads_bwd(stride, pad, residuals, dy):
+    x, kernel = residuals
+    dx = jax.vjp(lambda x: _lax_conv(x, kernel, stride, pad), x)[1](dy)[0]
+    dw = jax.vjp(lambda w: _lax_conv(pad_hw(x, ((pad, pad),) * 2), w, stride, 0), kernel)[1](dy)[0]
+    return dx, dw
+
+
+_conv_split_grads.defvjp(_conv_split_grads_fwd, _conv_split_grads_bwd)
+
+
+def conv(x, kernel, stride: int = 1, pad: int = 0):
+    """Convolution, NHWC x HWIO, `pad` zeros on each side, computed in the forms XLA lowers best
+    (each measured on 2 CPU cores at batch 100 in benchmarks/NOTES.md, CPU attempts 6-7):
+
+    - a kernel wider than the output (layer1_1, layer2_0, D's conv_4: 2x2 and 3x3 outputs) is one
+      matmul over patches: XLA:CPU swaps such a convolution's operands into its generic loop,
+      20x slower than PyTorch (layer2_0 forward+backward 181 ms vs 9 ms);
+    - otherwise the input gradient is the padded convolution's (only the real pixels: 6x6 for
+      layer3_0, not the padded 10x10), and the weight gradient that of the explicitly padded
+      input, which XLA:CPU runs as a plain convolution (a padded window's weight gradient runs in
+      its generic loop: 852 ms vs 30 ms on layer3_0).
+    """
+    k_h, k_w = kernel.shape[:2]
+    out_h, out_w = ((n + 2 * pad - k) // stride + 1 for n, k in zip(x.shape[1:3], (k_h, k_w)))
+    if k_h > out_h or k_w > out_w:
+        return _patches_conv(pad_hw(x, ((pad, pad),) * 2), kernel, stride)
+    if pad == 0:
+        return _lax_conv(x, kernel, stride, 0)
+    return _conv_split_grads(x, kernel, stride, pad)
+
+
+def conv_valid(x, kernel, stride: int = 1):
+    return conv(x, kernel, stride, 0)
+
+
+def _flax_conv(lhs, rhs, window_strides, padding, **unused):
+    """nn.Conv's `conv_general_dilated` hook; the models' convolutions are square: equal strides
+    and the same zero padding on every side."""
+    (lo, hi), (lo_w, hi_w) = padding
+    assert lo == hi == lo_w == hi_w and window_strides[0] == window_strides[1], (padding, window_strides)
+    return conv(lhs, rhs, window_strides[0], lo)
 
 
 def conv_transpose_dilated(x, kernel, stride: int, pad: int):
     """PyTorch's ConvTranspose2d as flax computes it: a stride-1 convolution of the stride-dilated
     input (NHWC) with `kernel` (kh, kw, in, out, PyTorch's weight spatially flipped), `pad` = k-1-p."""
     if stride == 1:
-        return conv_valid(pad_hw(x, ((pad, pad),) * 2), kernel)
+        return conv(x, kernel, 1, pad)
     return lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad),) * 2, lhs_dilation=(stride,) * 2,
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
@@ -176,9 +236,9 @@ class ConvBNReLU(nn.Module):
             x = ConvTranspose(self.features, k, self.stride, p, dtype=self.dtype,
                               param_dtype=self.param_dtype, name="conv")(x)
         else:
-            x = nn.Conv(self.features, (k, k), (self.stride, self.stride), padding="VALID",
-                        use_bias=False, kernel_init=conv_init, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name="conv")(pad_hw(x, ((p, p),) * 2))
+            x = nn.Conv(self.features, (k, k), (self.stride, self.stride), padding=((p, p), (p, p)),
+                        use_bias=False, kernel_init=conv_init, conv_general_dilated=_flax_conv,
+                        dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
         x = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(x, train)
         return nn.relu(x)
 
@@ -213,9 +273,9 @@ class Generator(nn.Module):
         for name, features, kernel, stride, transpose in GENERATOR_BLOCKS:
             x = ConvBNReLU(features, kernel, stride, transpose, self.dtype, self.param_dtype,
                            name=name)(x, train)
-        x = nn.Conv(1, (3, 3), padding="VALID", kernel_init=conv_init,
-                    bias_init=torch_default_uniform(64 * 3 * 3), dtype=self.dtype,
-                    param_dtype=self.param_dtype, name="layer4_3")(pad_hw(x, ((1, 1),) * 2))
+        x = nn.Conv(1, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
+                    conv_general_dilated=_flax_conv, bias_init=torch_default_uniform(64 * 3 * 3),
+                    dtype=self.dtype, param_dtype=self.param_dtype, name="layer4_3")(x)
         return jnp.tanh(x)
 
 

@@ -19,6 +19,18 @@ from .models import Discriminator, Generator
 _COMPUTE = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
+def _jaxlib_version() -> tuple:
+    from jaxlib import version
+    return tuple(int(part) for part in version.__version__.split(".")[:2] if part.isdigit())
+
+
+# XLA:CPU (jaxlib >= 0.9) hands convolutions to YNNPACK, whose weight gradients run at 20-30
+# GFLOP/s on this model's shapes; keeping YNNPACK for dots only (Eigen convolutions) makes the
+# 2-core CPU step 1.8x faster (benchmarks/NOTES.md, CPU attempt 5). Other backends ignore it.
+STEP_COMPILER_OPTIONS = ({"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+                         if _jaxlib_version() >= (0, 9) else {})
+
+
 @struct.dataclass
 class TrainState:
     step: jax.Array          # completed iterations (generator updates)
@@ -181,7 +193,7 @@ def _train_step(state: TrainState, real_batch, key):
 
 
 # Not donating: callers may reuse `state` (purity tests, parity). The scanned epoch donates.
-train_step: Callable = jax.jit(_train_step)
+train_step: Callable = jax.jit(_train_step, compiler_options=STEP_COMPILER_OPTIONS)
 train_step.__doc__ = """One training iteration: (state, real_batch, key) -> (state, metrics).
 
 real_batch: (N, 28, 28, 1) uint8 pixels (scaled by config.data_range) or floats already scaled.
@@ -200,7 +212,7 @@ def epoch_plan(key, num_examples: int, steps: int, batch_size: int):
 _epoch_plan = jax.jit(epoch_plan, static_argnums=(1, 2, 3))
 
 
-@functools.partial(jax.jit, donate_argnums=0)
+@functools.partial(jax.jit, donate_argnums=0, compiler_options=STEP_COMPILER_OPTIONS)
 def _scan_epoch(state: TrainState, images, key):
     cfg = state.config
     idx, keys = epoch_plan(key, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)

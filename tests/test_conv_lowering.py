@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dcgan_jax.models import conv_transpose_dilated, conv_transpose_phased, conv_valid, pad_hw
+from dcgan_jax.models import conv, conv_transpose_dilated, conv_transpose_phased, conv_valid, pad_hw
 
 
 @pytest.fixture
@@ -51,3 +51,22 @@ def test_explicit_padding_equals_padded_window(x64):
 def test_phased_rejects_output_not_divisible_by_stride():
     with pytest.raises(ValueError, match="not a multiple of stride 3"):
         conv_transpose_phased(jnp.ones((1, 3, 3, 1)), jnp.ones((6, 6, 1, 1)), 3, 4)
+
+
+# conv() picks a form per shape: patches x matmul where the kernel is wider than the output
+# (layer1_1, layer2_0, D's conv_4), split gradients where padded (layer3_0, the 3x3 layers, D's
+# strided layers), plain lax otherwise; each must be the textbook convolution, values and gradients.
+@pytest.mark.parametrize("n,k,s,p", [(2, 3, 1, 1), (2, 4, 1, 2), (4, 3, 2, 1), (6, 4, 1, 2), (14, 3, 1, 1),
+                                     (14, 3, 2, 1), (7, 3, 2, 1), (5, 3, 1, 0)])
+def test_conv_forms_equal_lax(x64, n, k, s, p):
+    rng = np.random.default_rng(n * 100 + k * 10 + p)
+    x, kernel = jnp.asarray(rng.standard_normal((2, n, n, 3))), jnp.asarray(rng.standard_normal((k, k, 3, 4)))
+
+    def reference(x, kernel):
+        return jax.lax.conv_general_dilated(x, kernel, (s, s), ((p, p), (p, p)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(conv(x, kernel, s, p), reference(x, kernel), rtol=1e-12, atol=1e-12)
+    grads = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, s, p))), (0, 1))(x, kernel)
+    expected = jax.grad(lambda x, w: jnp.sum(jnp.sin(reference(x, w))), (0, 1))(x, kernel)
+    for g, e in zip(grads, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
