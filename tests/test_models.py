@@ -134,3 +134,41 @@ def test_batchnorm_follows_pytorch_semantics(variables):
     np.testing.assert_allclose(both[:1], one, rtol=1e-5, atol=1e-6)
     train_one = Discriminator().apply(d_vars, x[:2], train=True, mutable=["batch_stats"])[0]
     assert not np.allclose(train_one, both)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
+def test_batchnorm_gradient_is_the_textbook_one(dtype):
+    """BatchNorm's hand-written VJP equals autodiff through the textbook formula: in float64 to
+    rounding; in bfloat16 compute (float32 statistics and params) to bfloat16 precision."""
+    from dcgan_jax.models import BatchNorm
+    jax.config.update("jax_enable_x64", True)
+    try:
+        param_dtype = jnp.float64 if dtype == "float64" else jnp.float32
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.standard_normal((4, 5, 5, 3)) * 2 + 1, param_dtype).astype(dtype)
+        params = {"scale": jnp.asarray(rng.standard_normal(3), param_dtype),
+                  "bias": jnp.asarray(rng.standard_normal(3), param_dtype)}
+        bn = BatchNorm(dtype=dtype, param_dtype=param_dtype)
+        stats = bn.init(jax.random.key(0), x, True)["batch_stats"]
+        weights = jnp.asarray(rng.standard_normal(x.shape) + 1, param_dtype)  # sum(dy) matters
+
+        def loss(params, x):
+            y, _ = bn.apply({"params": params, "batch_stats": stats}, x, True, mutable=["batch_stats"])
+            return jnp.sum(jnp.sin(y.astype(param_dtype)) * weights)
+
+        def textbook(params, x):
+            xs = x.astype(param_dtype)
+            mean = xs.mean((0, 1, 2))
+            var = jnp.square(xs - mean).mean((0, 1, 2))
+            y = (xs - mean) / jnp.sqrt(var + 1e-5) * params["scale"] + params["bias"]
+            return jnp.sum(jnp.sin(y) * weights)
+
+        got = jax.grad(loss, (0, 1))(params, x)
+        want = jax.grad(textbook, (0, 1))(params, x)
+        tol = 1e-12 if dtype == "float64" else 3e-2
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            assert g.dtype == w.dtype
+            np.testing.assert_allclose(np.asarray(g, np.float64), np.asarray(w, np.float64),
+                                       rtol=tol, atol=tol * float(jnp.abs(w).max()))
+    finally:
+        jax.config.update("jax_enable_x64", False)
