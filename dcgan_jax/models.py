@@ -39,8 +39,8 @@ def pad_hw(x, padding):
     return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0)))
 
 
-def _lax_conv(x, kernel, stride: int, pad: int):
-    return lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad),) * 2,
+def _lax_conv(x, kernel, stride: int, padding):
+    return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
@@ -55,55 +55,58 @@ def _patches_conv(x, kernel, stride: int):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_split_grads(x, kernel, stride: int, pad: int):
-    return _lax_conv(x, kernel, stride, pad)
+def _conv_padded_input_grad(x, kernel, stride: int, padding):
+    return _lax_conv(x, kernel, stride, padding)
 
 
-def _conv_split_grads_fwd(x, kernel, stride, pad):
-    return _lax_conv(x, kernel, stride, pad), (x, kernel)
+def _conv_padded_input_grad_fwd(x, kernel, stride, padding):
+    return _lax_conv(x, kernel, stride, padding), (x, kernel)
 
 
-def _conv_split_grads_bwd(stride, pad, residuals, dy):
+def _conv_padded_input_grad_bwd(stride, padding, residuals, dy):
     x, kernel = residuals
-    dx = jax.vjp(lambda x: _lax_conv(x, kernel, stride, pad), x)[1](dy)[0]
-    dw = jax.vjp(lambda w: _lax_conv(pad_hw(x, ((pad, pad),) * 2), w, stride, 0), kernel)[1](dy)[0]
+    dx = jax.vjp(lambda x: _lax_conv(x, kernel, stride, padding), x)[1](dy)[0]
+    dw = jax.vjp(lambda w: _lax_conv(pad_hw(x, padding), w, stride, "VALID"), kernel)[1](dy)[0]
     return dx, dw
 
 
-_conv_split_grads.defvjp(_conv_split_grads_fwd, _conv_split_grads_bwd)
+_conv_padded_input_grad.defvjp(_conv_padded_input_grad_fwd, _conv_padded_input_grad_bwd)
 
 
-def conv(x, kernel, stride: int = 1, pad: int = 0):
-    """Convolution, NHWC x HWIO, `pad` zeros on each side, computed in the forms XLA lowers best
-    (each measured on 2 CPU cores at batch 100 in benchmarks/NOTES.md, CPU attempts 6-7):
+def conv(x, kernel, stride: int = 1, padding=0):
+    """Convolution, NHWC x HWIO; `padding` zeros on each side, or ((lo, hi), (lo, hi)), negative
+    crops. Computed in the form XLA lowers best for the shape (benchmarks/NOTES.md, CPU attempts
+    6-7, 2 cores, batch 100):
 
-    - a kernel wider than the output (layer1_1, layer2_0, D's conv_4: 2x2 and 3x3 outputs) is one
-      matmul over patches: XLA:CPU swaps such a convolution's operands into its generic loop,
-      20x slower than PyTorch (layer2_0 forward+backward 181 ms vs 9 ms);
-    - otherwise the input gradient is the padded convolution's (only the real pixels: 6x6 for
-      layer3_0, not the padded 10x10), and the weight gradient that of the explicitly padded
-      input, which XLA:CPU runs as a plain convolution (a padded window's weight gradient runs in
-      its generic loop: 852 ms vs 30 ms on layer3_0).
+    - a kernel wider than the output (layer1_1, layer2_0, D's conv_4: 2x2 and 3x3 outputs): one
+      matmul over patches. XLA:CPU swaps such a convolution's operands into its generic loop,
+      20x slower than PyTorch (layer2_0 forward+backward: 181 ms vs 9 ms);
+    - an output larger than the input (layer3_0, 6x6 -> 7x7): the weight gradient from the
+      explicitly padded input; XLA:CPU runs the padded window's in its generic loop (852 ms vs
+      30 ms);
+    - otherwise lax's padded convolution: its input gradient covers only the real pixels, and its
+      weight gradient transposes the input alone, where a pad folded into that transpose runs
+      4x slower.
     """
-    k_h, k_w = kernel.shape[:2]
-    out_h, out_w = ((n + 2 * pad - k) // stride + 1 for n, k in zip(x.shape[1:3], (k_h, k_w)))
-    if k_h > out_h or k_w > out_w:
-        return _patches_conv(pad_hw(x, ((pad, pad),) * 2), kernel, stride)
-    if pad == 0:
-        return _lax_conv(x, kernel, stride, 0)
-    return _conv_split_grads(x, kernel, stride, pad)
-
-
-def conv_valid(x, kernel, stride: int = 1):
-    return conv(x, kernel, stride, 0)
+    if isinstance(padding, int):
+        padding = ((padding, padding),) * 2
+    crop = tuple((min(lo, 0), min(hi, 0)) for lo, hi in padding)
+    if any(c for pair in crop for c in pair):
+        x = pad_hw(x, crop)
+    padding = tuple((max(lo, 0), max(hi, 0)) for lo, hi in padding)
+    size = x.shape[1:3]
+    out = [(n + lo + hi - k) // stride + 1 for n, (lo, hi), k in zip(size, padding, kernel.shape)]
+    if any(k > o for k, o in zip(kernel.shape, out)):
+        return _patches_conv(pad_hw(x, padding), kernel, stride)
+    if any(o > n for o, n in zip(out, size)):
+        return _conv_padded_input_grad(x, kernel, stride, padding)
+    return _lax_conv(x, kernel, stride, padding)
 
 
 def _flax_conv(lhs, rhs, window_strides, padding, **unused):
-    """nn.Conv's `conv_general_dilated` hook; the models' convolutions are square: equal strides
-    and the same zero padding on every side."""
-    (lo, hi), (lo_w, hi_w) = padding
-    assert lo == hi == lo_w == hi_w and window_strides[0] == window_strides[1], (padding, window_strides)
-    return conv(lhs, rhs, window_strides[0], lo)
+    """nn.Conv's `conv_general_dilated` hook (the models use square strides)."""
+    assert window_strides[0] == window_strides[1], window_strides
+    return conv(lhs, rhs, window_strides[0], tuple(map(tuple, padding)))
 
 
 def conv_transpose_dilated(x, kernel, stride: int, pad: int):
@@ -144,7 +147,7 @@ def conv_transpose_phased(x, kernel, stride: int, pad: int):
     rows = []
     for taps_h, pad_h in phases[0]:
         rows.append(jnp.stack([
-            conv_valid(pad_hw(x, (pad_h, pad_w)), kernel[taps_h, taps_w])
+            conv(x, kernel[taps_h, taps_w], 1, (pad_h, pad_w))
             for taps_w, pad_w in phases[1]], axis=3))
     y = jnp.stack(rows, axis=2)                     # (N, H', stride, W', stride, C)
     n, h, _, w, _, c = y.shape

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dcgan_jax.models import conv, conv_transpose_dilated, conv_transpose_phased, conv_valid, pad_hw
+from dcgan_jax.models import conv, conv_transpose_dilated, conv_transpose_phased
 
 
 @pytest.fixture
@@ -40,12 +40,13 @@ def test_phased_transposed_conv_equals_dilated(x64, k, s, p, n):
         np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
 
 
-def test_explicit_padding_equals_padded_window(x64):
+@pytest.mark.parametrize("padding", [((1, 1), (2, 0)), ((2, -1), (0, 1))])
+def test_asymmetric_and_negative_padding(x64, padding):
+    """The phases of a transposed convolution pass uneven (possibly negative: cropping) padding."""
     rng = np.random.default_rng(0)
     x, kernel = jnp.asarray(rng.standard_normal((2, 5, 5, 3))), jnp.asarray(rng.standard_normal((3, 3, 3, 2)))
-    expected = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (2, 0)),
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(conv_valid(pad_hw(x, ((1, 1), (2, 0))), kernel), expected, rtol=1e-12)
+    expected = jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_allclose(conv(x, kernel, 1, padding), expected, rtol=1e-12)
 
 
 def test_phased_rejects_output_not_divisible_by_stride():
