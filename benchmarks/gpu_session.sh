@@ -40,6 +40,10 @@ for start in cold warm; do
   run 110 $PY -m benchmarks.reference_run /tmp/dcgan_cache "${REF_ARGS[@]}" --out /tmp/ref_$start
 done
 ls /tmp/ref_warm /tmp/ref_warm/samples 2>&1 | tail -4 | tee -a "$LOG"
+# The trained run without its checkpoints (~20 MB): experiments.evaluate / latent_scale / figures
+# then work from a real 20-epoch generator on any machine.
+mkdir -p "$OUT/ref_warm" && (cd /tmp/ref_warm && cp -r config.json metrics.jsonl step_metrics.npz \
+  losses.png samples generator.msgpack discriminator.msgpack "$OUT/ref_warm/") 2>&1 | tee -a "$LOG"
 
 section "profile: top ops of the scanned fp32 step"
 loop=$([ "$DEVICE" = gpu ] && echo scan || echo steps)
