@@ -1,4 +1,6 @@
 """Training functions: purity, keys, epoch loop strategies, order/k options, schedule, dtypes."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,3 +91,21 @@ def test_bfloat16_compute_keeps_float32_params(images):
     s, m = train_step(s, images[:BATCH], jax.random.key(1))
     assert {x.dtype for x in jax.tree.leaves((s.g_params, s.d_params, s.g_stats, s.d_stats))} == {jnp.dtype("float32")}
     assert all(np.isfinite(float(v)) for v in m.values())
+
+
+def ynnpack_convolutions(hlo: str) -> int:
+    """Convolutions inside the YNNPACK fusions of a compiled XLA:CPU module's text."""
+    ynn = set(re.findall(r"calls=(%[\w.\-]+).*\"kind\":\"__ynn_fusion\"", hlo))
+    bodies = dict(re.findall(r"^(%[\w.\-]+) \(.*?\{\n(.*?)\n\}", hlo, re.M | re.S))
+    return sum(bodies.get(name, "").count(" convolution(") for name in ynn)
+
+
+def test_cpu_step_keeps_convolutions_out_of_ynnpack(state, images):
+    """The step compiles with STEP_COMPILER_OPTIONS: on jaxlib >= 0.9 XLA:CPU would otherwise hand
+    its convolutions to YNNPACK, whose weight gradients made the CPU step 1.8x slower (NOTES.md)."""
+    from dcgan_jax.train import STEP_COMPILER_OPTIONS, _jaxlib_version
+    if jax.default_backend() != "cpu" or _jaxlib_version() < (0, 9):
+        pytest.skip("the option exists for XLA:CPU from jaxlib 0.9")
+    hlo = train_step.lower(state, images[:BATCH], jax.random.key(1)).compile().as_text()
+    assert STEP_COMPILER_OPTIONS and " convolution(" in hlo
+    assert ynnpack_convolutions(hlo) == 0
