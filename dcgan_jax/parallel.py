@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .config import ConfigError
-from .train import STEP_COMPILER_OPTIONS, TrainState, _train_step, epoch_plan, resolve_loop, train_epoch
+from .train import STEP_JIT_KWARGS, TrainState, _train_step, epoch_plan, resolve_loop, train_epoch
 
 
 def initialize_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
@@ -41,10 +41,10 @@ class DataParallel:
         # One device in this process: the core's epoch runner, exactly as without a mesh.
         self.single = self.num_devices == 1 and jax.process_count() == 1
         self._step = jax.jit(self._gather_step, in_shardings=self.replicated, out_shardings=self.replicated,
-                             compiler_options=STEP_COMPILER_OPTIONS)
+                             **STEP_JIT_KWARGS)
         self._plan = jax.jit(self._plan_fn, static_argnums=(1, 2, 3), out_shardings=self.replicated)
         self._scan = jax.jit(self._scan_fn, donate_argnums=0, in_shardings=self.replicated,
-                             out_shardings=self.replicated, compiler_options=STEP_COMPILER_OPTIONS)
+                             out_shardings=self.replicated, **STEP_JIT_KWARGS)
 
     def check_batch_size(self, batch_size: int):
         if batch_size % self.num_devices:

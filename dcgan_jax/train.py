@@ -29,6 +29,8 @@ def _jaxlib_version() -> tuple:
 # 2-core CPU step 1.8x faster (benchmarks/NOTES.md, CPU attempt 5). Other backends ignore it.
 STEP_COMPILER_OPTIONS = ({"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
                          if _jaxlib_version() >= (0, 9) else {})
+# jax.jit keywords for the step's programs (none on old jax, whose jax.jit lacks compiler_options).
+STEP_JIT_KWARGS = {"compiler_options": STEP_COMPILER_OPTIONS} if STEP_COMPILER_OPTIONS else {}
 
 
 @struct.dataclass
@@ -193,7 +195,7 @@ def _train_step(state: TrainState, real_batch, key):
 
 
 # Not donating: callers may reuse `state` (purity tests, parity). The scanned epoch donates.
-train_step: Callable = jax.jit(_train_step, compiler_options=STEP_COMPILER_OPTIONS)
+train_step: Callable = jax.jit(_train_step, **STEP_JIT_KWARGS)
 train_step.__doc__ = """One training iteration: (state, real_batch, key) -> (state, metrics).
 
 real_batch: (N, 28, 28, 1) uint8 pixels (scaled by config.data_range) or floats already scaled.
@@ -212,7 +214,7 @@ def epoch_plan(key, num_examples: int, steps: int, batch_size: int):
 _epoch_plan = jax.jit(epoch_plan, static_argnums=(1, 2, 3))
 
 
-@functools.partial(jax.jit, donate_argnums=0, compiler_options=STEP_COMPILER_OPTIONS)
+@functools.partial(jax.jit, donate_argnums=0, **STEP_JIT_KWARGS)
 def _scan_epoch(state: TrainState, images, key):
     cfg = state.config
     idx, keys = epoch_plan(key, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
