@@ -42,6 +42,7 @@ def worker(args) -> dict:
     if args.variant.startswith("torch"):
         import torch
         from benchmarks import torch_loops
+        init_s = None
         seconds, peak, last = torch_loops.run(args.variant, images, args.device, args.epochs,
                                               args.steps_per_epoch, args.batch_size)
         framework, versions = "pytorch", {"torch": torch.__version__}
@@ -49,11 +50,13 @@ def worker(args) -> dict:
         device_name = torch.cuda.get_device_name() if args.device == "gpu" else "cpu"
     else:
         import jax
+        from dcgan_jax.compile_cache import enable_compile_cache, enable_threefry_kernel
+        if os.environ.get("DCGAN_THREEFRY_KERNEL", "1") == "1":  # as the CLI; 0 for the A/B
+            enable_threefry_kernel()
         if args.compile_cache:
-            from dcgan_jax.compile_cache import enable_compile_cache
             enable_compile_cache(args.compile_cache)
         from benchmarks import jax_loops
-        seconds, peak, last = jax_loops.run(args.variant, images, args.epochs, args.steps_per_epoch,
+        seconds, peak, last, init_s = jax_loops.run(args.variant, images, args.epochs, args.steps_per_epoch,
                                             args.batch_size)
         import flax
         framework, versions = "jax", {"jax": jax.__version__, "flax": flax.__version__}
@@ -70,9 +73,10 @@ def worker(args) -> dict:
         "peak_mem_mb": (peak / 2**20 if peak is not None
                         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "peak_mem_kind": "device" if peak is not None else "host_rss",
-        "process_to_first_epoch_s": time.time() - args.t0 - sum(seconds[1:]),
+        "process_to_first_epoch_s": time.time() - args.t0 - sum(seconds[1:]), "init_s": init_s,
         "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size, "epochs": args.epochs,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "threefry_kernel": os.environ.get("DCGAN_THREEFRY_KERNEL", "1") == "1",
         "compile_cache": args.compile_cache, "last_losses": last, "versions": versions,
     }
 

@@ -1,63 +1,92 @@
 #!/usr/bin/env bash
-# One device session on a GPU (~10 min of device time on an H100: the 7-variant harness alone
-# takes ~6 min): the full harness, the 20-epoch reference run cold and warm (compile
-# cache), a profile of the scanned step, and A/B variants, most important first. Everything is
-# tee'd to $OUT/session.log; each section has its own time limit so a slow one cannot eat the rest.
-#   cd .gpu/code && bash benchmarks/gpu_session.sh                        # on the device
-#   OUT=/tmp/o DEVICE=cpu EPOCHS=2 STEPS=1 REF_STEPS=1 REF_EPOCHS=2 PROFILE_STEPS=1 \
-#     BENCH_VARIANTS=torch_tutorial,jax_steps_fp32 AB_VARIANT=jax_steps_fp32 \
+# One device session on a GPU, most important first, each section under its own time limit so a
+# slow one cannot eat the rest; everything is tee'd to $OUT/session$PART.log.
+#   part 1 (~8 min on an H100): the scanned fp32/bf16 rows and the tutorial loop; the 20-epoch
+#     reference run cold and warm (compile cache); a profile; compile-time A/Bs (threefry lowered
+#     as XLA ops, as before the CLI's default; no autotuning); --deterministic checked for
+#     bit-identical runs in two processes.
+#   part 2 (~2 min, PART=2): threefry's kernel lowering checked for the same bits; the reference
+#     run cold and warm again (use it after a change to the CLI's start-up or epoch loop).
+#   part 3 (~4 min, PART=3): the remaining harness rows (torch_device_data, torch_compile, jitted steps).
+# The logs of the sessions run so far are in benchmarks/results/ (NOTES.md says which code ran).
+#   OUT=/tmp/o DEVICE=cpu STEPS=2 REF_STEPS=2 REF_EPOCHS=2 PROFILE_STEPS=1 \
 #     DATA_DIR=/work/shared/data/mnist bash benchmarks/gpu_session.sh      # dry run on CPU
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 PY=${PY:-python3}
 OUT=${OUT:?set OUT}
+PART=${PART:-1}
 DEVICE=${DEVICE:-gpu}
-EPOCHS=${EPOCHS:-3}
 STEPS=${STEPS:-600}
 REF_EPOCHS=${REF_EPOCHS:-20}
 REF_STEPS=${REF_STEPS:-600}
 PROFILE_STEPS=${PROFILE_STEPS:-100}
-AB_VARIANT=${AB_VARIANT:-jax_scan_fp32}
-DATA_DIR=${DATA_DIR:-../mnist}
-LOG=$OUT/session.log
+DATA_DIR=${DATA_DIR:-.gpu/mnist}
+FP32=${FP32:-jax_scan_fp32} BF16=${BF16:-jax_scan_bf16}   # the dry run on CPU: jax_steps_*
+LOG=$OUT/session$PART.log
+mkdir -p "$OUT/json"
 T0=$(date +%s)
 section() { echo; echo "=== [$(( $(date +%s) - T0 )) s] $*" | tee -a "$LOG"; }
 run() { local limit=$1; shift; timeout "$limit" "$@" 2>&1 | tee -a "$LOG"; echo "(exit ${PIPESTATUS[0]})" | tee -a "$LOG"; }
+bench() { local limit=$1 name=$2 variants=$3; shift 3   # 2 epochs: the first compiles, the second is timed
+  run "$limit" env "$@" $PY -m benchmarks.bench --device "$DEVICE" --epochs 2 --steps-per-epoch "$STEPS" \
+    --data-dir "$DATA_DIR" --variants "$variants" ${name:+--tag "$name"} --json "$OUT/json/$PART-${name:-harness}.json"; }
+reference_runs() { local limit=$1; rm -rf /tmp/dcgan_cache   # the CLI from process start, cold then warm cache
+  for start in cold warm; do
+    section "reference run, $REF_EPOCHS epochs, compile cache $start"
+    run "$limit" $PY -m benchmarks.reference_run /tmp/dcgan_cache --preset reference --data-dir "$DATA_DIR" \
+      --epochs "$REF_EPOCHS" --steps-per-epoch "$REF_STEPS" --no-progress --overwrite --out /tmp/ref_$start
+  done; }
 
-section "environment"
+section "environment (part $PART)"
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,utilization.gpu --format=csv 2>&1
   $PY -c "import jax, flax, optax, torch; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__)"
-  nproc; } 2>&1 | tee -a "$LOG"
+  git log --oneline -1 2>/dev/null; git status --short 2>/dev/null | head; nproc; } 2>&1 | tee -a "$LOG"
 
-section "harness: all variants, $EPOCHS epochs of $STEPS steps"
-run 400 $PY -m benchmarks.bench --device "$DEVICE" --epochs "$EPOCHS" --steps-per-epoch "$STEPS" \
-  --data-dir "$DATA_DIR" --json "$OUT/bench.json" ${BENCH_VARIANTS:+--variants "$BENCH_VARIANTS"}
+if [ "$PART" = 3 ]; then
+  section "harness, remaining rows"
+  bench 280 "" torch_device_data,torch_compile,jax_steps_fp32,jax_steps_bf16
+  (cd "$OUT" && tar czf json3.tgz json && rm -r json)
+  section "done"; exit 0
+fi
 
-REF_ARGS=(--preset reference --data-dir "$DATA_DIR" --epochs "$REF_EPOCHS" --steps-per-epoch "$REF_STEPS" --no-progress --overwrite)
-rm -rf /tmp/dcgan_cache
-for start in cold warm; do
-  section "reference run, $REF_EPOCHS epochs, compile cache $start"
-  run 110 $PY -m benchmarks.reference_run /tmp/dcgan_cache "${REF_ARGS[@]}" --out /tmp/ref_$start
-done
-ls /tmp/ref_warm /tmp/ref_warm/samples 2>&1 | tail -4 | tee -a "$LOG"
-# The trained run without its checkpoints (~20 MB): experiments.evaluate / latent_scale / figures
-# then work from a real 20-epoch generator on any machine.
-mkdir -p "$OUT/ref_warm" && (cd /tmp/ref_warm && cp -r config.json metrics.jsonl step_metrics.npz \
-  losses.png samples generator.msgpack discriminator.msgpack "$OUT/ref_warm/") 2>&1 | tee -a "$LOG"
+if [ "$PART" = 2 ]; then
+  section "threefry as one kernel: the same bits as the XLA lowering?"
+  for flag in 0 1; do
+    $PY -c "
+import sys, hashlib, jax, numpy as np
+jax.config.update('jax_threefry_gpu_kernel_lowering', bool($flag))
+k = jax.random.key(7)
+out = [jax.random.normal(k, (4, 4, 256, 128)), jax.random.uniform(jax.random.fold_in(k, 3), (100, 10)),
+       jax.random.permutation(jax.random.split(k)[1], 60000), jax.random.bits(k, (1001,))]
+print('kernel=$flag', hashlib.sha256(b''.join(np.asarray(o).tobytes() for o in out)).hexdigest())
+" 2>&1 | tee -a "$LOG"
+  done
+  reference_runs 75
+  section "done"; exit 0
+fi
+
+section "harness: scanned fp32 and bf16, the tutorial loop (2 epochs of $STEPS steps)"
+bench 150 "" $FP32,$BF16,torch_tutorial
+
+reference_runs 100
+# The trained run without its checkpoints: evaluate / latent_scale / figures work from it anywhere.
+(cd /tmp && tar czf "$OUT/ref_warm.tgz" ref_warm/config.json ref_warm/metrics.jsonl ref_warm/step_metrics.npz \
+  ref_warm/losses.png ref_warm/generator.msgpack ref_warm/discriminator.msgpack ref_warm/samples/epoch_020.png) 2>&1 | tee -a "$LOG"
 
 section "profile: top ops of the scanned fp32 step"
 loop=$([ "$DEVICE" = gpu ] && echo scan || echo steps)
-run 70 $PY -m benchmarks.profile --loop $loop --steps "$PROFILE_STEPS" --top 30
+run 60 $PY -m benchmarks.profile --loop $loop --steps "$PROFILE_STEPS" --top 40
 
-section "A/B: $AB_VARIANT, 2 epochs each"
-ab() { local name=$1 flags=$2; shift 2
-  run 60 env XLA_FLAGS="$flags" $PY -m benchmarks.bench --device "$DEVICE" --epochs 2 --steps-per-epoch "$STEPS" \
-    --data-dir "$DATA_DIR" --variants "$AB_VARIANT" --tag "$name" --json "$OUT/ab_$name.json" "$@"; }
-ab force_conv_nhwc --xla_gpu_force_conv_nhwc=true
+section "A/B, compile time: threefry as XLA ops (not one kernel); no autotuning"
+bench 50 threefry_xla_ops $FP32 DCGAN_THREEFRY_KERNEL=0
+bench 60 autotune_0 $FP32 XLA_FLAGS=--xla_gpu_autotune_level=0
 
-section "profile: bf16"
-run 60 $PY -m benchmarks.profile --loop $loop --steps "$PROFILE_STEPS" --top 12 --dtype bfloat16
-
-section "A/B: compile time without autotuning"
-ab autotune_0 --xla_gpu_autotune_level=0
+section "--deterministic: two processes, same bits?"
+for i in 1 2; do
+  run 50 $PY -m experiments.train --preset reference --data-dir "$DATA_DIR" --epochs 1 --steps-per-epoch "${DET_STEPS:-200}" \
+    --no-progress --overwrite --compile-cache off --deterministic --out /tmp/det_$i
+done
+sha256sum /tmp/det_*/generator.msgpack /tmp/det_*/discriminator.msgpack 2>&1 | tee -a "$LOG"
+(cd "$OUT" && tar czf json1.tgz json && rm -r json)
 section "done"

@@ -21,7 +21,9 @@ def run(variant: str, images: np.ndarray, epochs: int, steps: int, batch: int = 
     config = preset("reference", dtype=dtype, loop=loop, epochs=epochs, steps_per_epoch=steps,
                     batch_size=batch).for_dataset(len(images))
     init_key, _, train_key = run_keys(config.seed)
-    state = create_train_state(config, init_key)
+    start = time.perf_counter()
+    state = jax.block_until_ready(create_train_state(config, init_key))
+    init_s = time.perf_counter() - start
     images = jax.device_put(images)
     seconds = []
     for epoch in range(1, epochs + 1):
@@ -32,4 +34,4 @@ def run(variant: str, images: np.ndarray, epochs: int, steps: int, batch: int = 
         seconds.append(time.perf_counter() - start)
     stats = jax.devices()[0].memory_stats() or {}
     last = {k: float(metrics[k][-1]) for k in ("loss_g", "loss_d")}
-    return seconds, stats.get("peak_bytes_in_use"), last
+    return seconds, stats.get("peak_bytes_in_use"), last, init_s

@@ -63,6 +63,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--top", type=int, default=30)
     args = p.parse_args(argv)
+    from dcgan_jax.compile_cache import enable_threefry_kernel
+    enable_threefry_kernel()
     config = preset("reference", dtype=args.dtype, steps_per_epoch=args.steps,
                     batch_size=args.batch_size).for_dataset(args.steps * args.batch_size)
     state = create_train_state(config, jax.random.key(0))

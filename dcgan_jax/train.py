@@ -90,23 +90,25 @@ def create_train_state(config: Config, key) -> TrainState:
     config = config.validate()
     if config.dtype == "float64" and not jax.config.jax_enable_x64:
         raise ConfigError("dtype='float64' needs jax.config.update('jax_enable_x64', True) first")
-    build_optimizers(config)  # fail here, not inside jit, on an unresolved steps_per_epoch
-    return _init_state(config, key)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _init_state(config: Config, key) -> TrainState:
-    generator, discriminator = build_models(config)
-    g_tx, d_tx = build_optimizers(config)
-    g_key, d_key = jax.random.split(key)
-    pdtype = param_dtype(config)
-    g_vars = generator.init(g_key, jnp.zeros((1, config.latent_dim), pdtype), train=False)
-    d_vars = discriminator.init(d_key, jnp.zeros((1, 28, 28, 1), pdtype), train=False)
+    g_tx, d_tx = build_optimizers(config)  # fails here, not inside jit, on unresolved steps_per_epoch
+    g_vars, d_vars = _init_variables(config.latent_dim, config.dtype, key)
     return TrainState(step=jnp.zeros((), jnp.int32),
                       g_params=g_vars["params"], g_stats=g_vars["batch_stats"],
                       d_params=d_vars["params"], d_stats=d_vars["batch_stats"],
                       g_opt=g_tx.init(g_vars["params"]), d_opt=d_tx.init(d_vars["params"]),
                       config=config)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_variables(latent_dim: int, dtype: str, key):
+    # Keyed on what the networks depend on, not the whole config: XLA:CPU takes ~10 s to compile
+    # the 80 threefry calls of the init, so configs that differ in training settings share one.
+    generator, discriminator = build_models(Config(latent_dim=latent_dim, dtype=dtype))
+    g_key, d_key = jax.random.split(key)
+    pdtype = param_dtype(Config(dtype=dtype))
+    g_vars = generator.init(g_key, jnp.zeros((1, latent_dim), pdtype), train=False)
+    d_vars = discriminator.init(d_key, jnp.zeros((1, 28, 28, 1), pdtype), train=False)
+    return g_vars, d_vars
 
 
 def scale_images(images, config: Config):

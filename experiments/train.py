@@ -108,8 +108,9 @@ def main(argv=None) -> int:
     if args.distributed:
         from dcgan_jax.parallel import initialize_distributed
         initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+    from dcgan_jax.compile_cache import enable_compile_cache, enable_threefry_kernel
+    enable_threefry_kernel()
     if args.compile_cache != "off":
-        from dcgan_jax.compile_cache import enable_compile_cache
         enable_compile_cache(args.compile_cache)
     out = args.resume or args.out or f"runs/{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     start = time.perf_counter()

@@ -146,3 +146,30 @@ def test_deterministic_flag_sets_xlas_gpu_flag_before_jax_starts(monkeypatch, ca
     monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/x")
     assert main(["--deterministic", "--epochs", "0"]) == 2  # refused after the flag is set
     assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_gpu_deterministic_ops=true"
+
+
+def test_scanned_run_checkpoints_each_epochs_own_state(data_dir, tmp_path):
+    """With loop='scan' fit starts epoch e+1 before writing epoch e (the next epoch donates the
+    state): every checkpoint and the final weights must still be the state after their epoch."""
+    import jax
+    from dcgan_jax.checkpoints import state_digest
+    from dcgan_jax.data import load_mnist
+    from dcgan_jax.outputs import load_variables
+    from dcgan_jax.train import create_train_state, epoch_key, run_keys, train_epoch
+    config = preset("quick", data_dir=data_dir, loop="scan", **RUN)
+    out = str(tmp_path / "scan")
+    fit(config, out, progress=False, log=lambda _: None)
+    images = jax.device_put(load_mnist("train", data_dir).images)
+    config = config.for_dataset(len(images))
+    init_key, _, train_key = run_keys(config.seed)
+    state, digests = create_train_state(config, init_key), []
+    for epoch in range(1, config.epochs + 1):
+        state, _ = train_epoch(state, images, epoch_key(train_key, epoch))
+        digests.append(state_digest(state))
+    ckpts = RunCheckpoints(out)
+    saved = [ckpts.manager.restore(e).meta["state_sha256"] for e in ckpts.epochs()]
+    ckpts.close()
+    assert saved == digests
+    _, g_vars, _ = load_variables(out)
+    for got, want in zip(jax.tree.leaves(g_vars), jax.tree.leaves(state.generator_variables)):
+        np.testing.assert_array_equal(got, want)
