@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One device session on a GPU, most important first, each section under its own time limit so a
 # slow one cannot eat the rest; everything is tee'd to $OUT/session$PART.log.
-#   part 1 (~8 min on an H100): the scanned fp32/bf16 rows and the tutorial loop; the 20-epoch
-#     reference run cold and warm (compile cache); a profile; compile-time A/Bs (threefry lowered
-#     as XLA ops, as before the CLI's default; no autotuning); --deterministic checked for
-#     bit-identical runs in two processes.
+#   part 1 (~8.5 min on an H100): the scanned fp32/bf16 rows and the tutorial loop; the 20-epoch
+#     reference run cold and warm (compile cache); a profile; A/Bs (the while loop in a CUDA
+#     graph; threefry lowered as XLA ops, as before the CLI's default; no autotuning);
+#     --deterministic checked for bit-identical runs in two processes.
 #   part 2 (~2 min, PART=2): threefry's kernel lowering checked for the same bits; the reference
 #     run cold and warm again (use it after a change to the CLI's start-up or epoch loop).
 #   part 3 (~4 min, PART=3): the remaining harness rows (torch_device_data, torch_compile, jitted steps).
@@ -77,6 +77,9 @@ reference_runs 100
 section "profile: top ops of the scanned fp32 step"
 loop=$([ "$DEVICE" = gpu ] && echo scan || echo steps)
 run 60 $PY -m benchmarks.profile --loop $loop --steps "$PROFILE_STEPS" --top 40
+
+section "A/B: the scan's while loop inside the CUDA graph (no host round trip per step)"
+bench 50 while_in_cuda_graph $FP32 XLA_FLAGS=--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL
 
 section "A/B, compile time: threefry as XLA ops (not one kernel); no autotuning"
 bench 50 threefry_xla_ops $FP32 DCGAN_THREEFRY_KERNEL=0
