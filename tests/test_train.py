@@ -109,3 +109,14 @@ def test_cpu_step_keeps_convolutions_out_of_ynnpack(state, images):
     hlo = train_step.lower(state, images[:BATCH], jax.random.key(1)).compile().as_text()
     assert STEP_COMPILER_OPTIONS and " convolution(" in hlo
     assert ynnpack_convolutions(hlo) == 0
+
+
+def test_configs_that_differ_in_training_settings_share_one_init_program(state):
+    """The init's ~80 threefry calls take ~10 s to compile on XLA:CPU: a config that changes only
+    how training runs must reuse the compiled init and get the same networks."""
+    from dcgan_jax.train import _init_variables
+    compiled = _init_variables._cache_size()
+    other = create_train_state(tiny(order="d_then_g", lr=1e-3, epochs=3, seed=5), jax.random.key(0))
+    assert _init_variables._cache_size() == compiled
+    assert leaves_equal((other.g_params, other.d_params, other.g_stats), (state.g_params, state.d_params, state.g_stats))
+    assert other.config.lr == 1e-3 and state.config.lr != 1e-3
