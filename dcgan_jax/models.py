@@ -54,6 +54,42 @@ def _patches_conv(x, kernel, stride: int):
     return jnp.dot(patches, kernel.reshape(k_h * k_w * c_in, c_out))
 
 
+def _sum_shifted_planes(z, kernel_size, padding):
+    """out[n, i, j] = sum over taps (a, b) of padded z[n, i + a, j + b, a * k_w + b]."""
+    k_h, k_w = kernel_size
+    z = pad_hw(z, padding)
+    out_h, out_w = z.shape[1] - k_h + 1, z.shape[2] - k_w + 1
+    return sum(z[:, a:a + out_h, b:b + out_w, a * k_w + b] for a in range(k_h) for b in range(k_w))[..., None]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _single_output_conv(x, kernel, padding):
+    """Stride-1 convolution to one channel (layer4_3) as a matmul of the input's pixels with the
+    kernel's taps, then a shifted sum of the k_h * k_w planes. The gradients are matmuls of the
+    same form, the weight gradient contracting the pixels of both operands in place."""
+    k_h, k_w, c_in, _ = kernel.shape
+    planes = jnp.dot(x.reshape(-1, c_in), kernel.reshape(k_h * k_w, c_in).T)
+    return _sum_shifted_planes(planes.reshape(*x.shape[:3], k_h * k_w), (k_h, k_w), padding)
+
+
+def _single_output_conv_fwd(x, kernel, padding):
+    return _single_output_conv(x, kernel, padding), (x, kernel)
+
+
+def _single_output_conv_bwd(padding, residuals, dy):
+    x, kernel = residuals
+    k_h, k_w, c_in, _ = kernel.shape
+    planes = jax.ShapeDtypeStruct((*x.shape[:3], k_h * k_w), dy.dtype)
+    d_planes = jax.linear_transpose(lambda z: _sum_shifted_planes(z, (k_h, k_w), padding), planes)(dy)[0]
+    d_planes = d_planes.reshape(-1, k_h * k_w)
+    dx = jnp.dot(d_planes, kernel.reshape(k_h * k_w, c_in)).reshape(x.shape)
+    dw = lax.dot_general(d_planes, x.reshape(-1, c_in), (((0,), (0,)), ((), ())))
+    return dx, dw.reshape(kernel.shape)
+
+
+_single_output_conv.defvjp(_single_output_conv_fwd, _single_output_conv_bwd)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_padded_input_grad(x, kernel, stride: int, padding):
     return _lax_conv(x, kernel, stride, padding)
@@ -81,6 +117,9 @@ def conv(x, kernel, stride: int = 1, padding=0):
     - a kernel wider than the output (layer1_1, layer2_0, D's conv_4: 2x2 and 3x3 outputs): one
       matmul over patches. XLA:CPU swaps such a convolution's operands into its generic loop,
       20x slower than PyTorch (layer2_0 forward+backward: 181 ms vs 9 ms);
+    - one output channel (layer4_3): a matmul to per-tap planes and their shifted sum; XLA:CPU's
+      convolution runs it at ~20 GFLOP/s and transposes the 28x28x64 input for its weight
+      gradient (CPU step -1 %; benchmarks/NOTES.md, CPU attempt 12; other backends: lax);
     - an output larger than the input (layer3_0, 6x6 -> 7x7): the weight gradient from the
       explicitly padded input; XLA:CPU runs the padded window's in its generic loop (852 ms vs
       30 ms);
@@ -99,6 +138,9 @@ def conv(x, kernel, stride: int = 1, padding=0):
     out = [(n + lo + hi - k) // stride + 1 for n, (lo, hi), k in zip(size, padding, kernel.shape)]
     if any(k > o for k, o in zip(kernel.shape, out)):
         return _patches_conv(pad_hw(x, padding), kernel, stride)
+    if kernel.shape[-1] == 1 and stride == 1:
+        return lax.platform_dependent(x, kernel, cpu=lambda x, k: _single_output_conv(x, k, padding),
+                                      default=lambda x, k: _lax_conv(x, k, 1, padding))
     if any(o > n for o, n in zip(out, size)):
         return _conv_padded_input_grad(x, kernel, stride, padding)
     return _lax_conv(x, kernel, stride, padding)
@@ -183,12 +225,33 @@ class ConvTranspose(nn.Module):
         return conv_transpose_phased(x, kernel, s, pad)
 
 
+def _channel_sum_as_dot(a):
+    # Batch first (rows of H*W*C contiguous floats), then pixels: two streaming matrix-vector
+    # products, and pairwise-like accuracy (sums of N, then of H*W terms, not one of N*H*W).
+    ones = lambda n: jnp.ones(n, a.dtype)
+    per_pixel = jnp.dot(ones(a.shape[0]), a.reshape(a.shape[0], -1), precision=lax.Precision.HIGHEST)
+    per_pixel = per_pixel.reshape(-1, a.shape[-1])
+    return jnp.dot(ones(per_pixel.shape[0]), per_pixel, precision=lax.Precision.HIGHEST)
+
+
+def channel_sum(a):
+    """Sum over every axis but the last (channels).
+
+    On CPU as a matmul with ones: XLA:CPU rewrites a reduction over more than 32 elements into a
+    reduce-window tree that runs at ~5 GB/s and never fuses its producer, while its matmul reads
+    the same 20 MB in ~1 ms (BatchNorm+ReLU forward+backward at 28x28x64: 39 -> 27 ms;
+    benchmarks/NOTES.md, CPU attempt 10). Other backends fuse the reduction.
+    """
+    return lax.platform_dependent(a, cpu=_channel_sum_as_dot,
+                                  default=lambda a: a.sum(tuple(range(a.ndim - 1))))
+
+
 def _batch_stats(x):
     """Per-channel mean and biased variance over N, H, W, reduced in at least float32."""
     xs = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    axes = tuple(range(x.ndim - 1))
-    mean = xs.mean(axes)
-    return mean, jnp.square(xs - mean).mean(axes)
+    n = x.size // x.shape[-1]
+    mean = channel_sum(xs) / n
+    return mean, channel_sum(jnp.square(xs - mean)) / n
 
 
 def _normalize(x, mean, var, scale, bias, epsilon, dtype):
@@ -211,11 +274,11 @@ def _batch_norm_fwd(x, scale, bias, epsilon, dtype):
 
 def _batch_norm_bwd(epsilon, dtype, residuals, dy):
     x, mean, var, scale, bias = residuals
-    axes, n = tuple(range(x.ndim - 1)), x.size // x.shape[-1]
+    n = x.size // x.shape[-1]
     rstd = jax.lax.rsqrt(var + epsilon)
     x_hat = (x.astype(mean.dtype) - mean) * rstd
     dy = dy.astype(mean.dtype)
-    sum_dy, sum_dy_x_hat = dy.sum(axes), (dy * x_hat).sum(axes)
+    sum_dy, sum_dy_x_hat = channel_sum(dy), channel_sum(dy * x_hat)
     dx = (scale * rstd / n).astype(mean.dtype) * (n * dy - sum_dy - x_hat * sum_dy_x_hat)
     return dx.astype(x.dtype), sum_dy_x_hat.astype(scale.dtype), sum_dy.astype(bias.dtype)
 
@@ -258,6 +321,25 @@ class BatchNorm(nn.Module):
         return _batch_norm(x, scale, bias, self.epsilon, dtype)
 
 
+def _divide_by_runtime_one(activation, like):
+    return activation / jax.lax.stop_gradient(like * 0 + 1)
+
+
+def stored_once(activation, like):
+    """`activation` unchanged, computed so that XLA:CPU stores it once instead of recomputing it.
+
+    XLA:CPU fuses cheap elementwise producers into every consumer, so the weight gradient's
+    batch-minor transposed copy of a BatchNorm+ReLU output recomputes BatchNorm+ReLU from the
+    convolution output, reading it with a 200 KB stride (19-36 ms for a 28x28x64 layer). A float
+    division is an op XLA will not duplicate: dividing by a ones tensor it cannot fold (`like` *
+    0 + 1, exact unless `like` is inf or NaN) makes the transposed copy read the stored activation
+    (6-12 ms), for one division in the pass that stores it (CPU step -4 %; benchmarks/NOTES.md, CPU
+    attempt 11). Other backends get the activation as is.
+    """
+    return lax.platform_dependent(activation, like, cpu=_divide_by_runtime_one,
+                                  default=lambda activation, like: activation)
+
+
 class ConvBNReLU(nn.Module):
     """The tutorial's CBR / CBLR (identical: plain ReLU) and, with transpose=True, TCBR."""
     features: int
@@ -277,8 +359,8 @@ class ConvBNReLU(nn.Module):
             x = nn.Conv(self.features, (k, k), (self.stride, self.stride), padding=((p, p), (p, p)),
                         use_bias=False, kernel_init=conv_init, conv_general_dilated=_flax_conv,
                         dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
-        x = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(x, train)
-        return nn.relu(x)
+        y = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(x, train)
+        return stored_once(nn.relu(y), x)
 
 
 # (name, features, kernel, stride, transpose) in the tutorial's order.

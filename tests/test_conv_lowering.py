@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dcgan_jax.models import conv, conv_transpose_dilated, conv_transpose_phased
+from dcgan_jax.models import channel_sum, conv, conv_transpose_dilated, conv_transpose_phased, stored_once
 
 
 @pytest.fixture
@@ -57,11 +57,13 @@ def test_phased_rejects_output_not_divisible_by_stride():
 # conv() picks a form per shape: patches x matmul where the kernel is wider than the output
 # (layer1_1, layer2_0, D's conv_4), split gradients where padded (layer3_0, the 3x3 layers, D's
 # strided layers), plain lax otherwise; each must be the textbook convolution, values and gradients.
-@pytest.mark.parametrize("n,k,s,p", [(2, 3, 1, 1), (2, 4, 1, 2), (4, 3, 2, 1), (6, 4, 1, 2), (14, 3, 1, 1),
-                                     (14, 3, 2, 1), (7, 3, 2, 1), (5, 3, 1, 0)])
-def test_conv_forms_equal_lax(x64, n, k, s, p):
+# One output channel (layer4_3): a matmul to per-tap planes.
+@pytest.mark.parametrize("n,k,s,p,c_out", [(2, 3, 1, 1, 4), (2, 4, 1, 2, 4), (4, 3, 2, 1, 4), (6, 4, 1, 2, 4),
+                                           (14, 3, 1, 1, 4), (14, 3, 2, 1, 4), (7, 3, 2, 1, 4), (5, 3, 1, 0, 4),
+                                           (7, 3, 1, 1, 1), (6, 4, 1, 2, 1), (5, 3, 1, 0, 1), (7, 3, 2, 1, 1)])
+def test_conv_forms_equal_lax(x64, n, k, s, p, c_out):
     rng = np.random.default_rng(n * 100 + k * 10 + p)
-    x, kernel = jnp.asarray(rng.standard_normal((2, n, n, 3))), jnp.asarray(rng.standard_normal((k, k, 3, 4)))
+    x, kernel = jnp.asarray(rng.standard_normal((2, n, n, 3))), jnp.asarray(rng.standard_normal((k, k, 3, c_out)))
 
     def reference(x, kernel):
         return jax.lax.conv_general_dilated(x, kernel, (s, s), ((p, p), (p, p)),
@@ -71,3 +73,27 @@ def test_conv_forms_equal_lax(x64, n, k, s, p):
     expected = jax.grad(lambda x, w: jnp.sum(jnp.sin(reference(x, w))), (0, 1))(x, kernel)
     for g, e in zip(grads, expected):
         np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_stored_once_is_the_identity_bit_for_bit(dtype):
+    """The division by a ones tensor that keeps XLA:CPU from recomputing activations changes no bit,
+    forward or backward, including -0 and values far from 1 (subnormals are not kept: XLA:CPU
+    flushes them to zero in any arithmetic, the BatchNorm before this included)."""
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.standard_normal(60) * 10.0 ** rng.integers(-30, 30, 60),
+                             [0.0, -0.0, 2e-38, -3e38, 7.0, 1.0]]).reshape(2, 3, 11, 1)
+    a = jnp.asarray(values, dtype)
+    like = jnp.asarray(rng.standard_normal(a.shape) * 1e6, dtype)
+    out, vjp = jax.vjp(lambda a: stored_once(a, like), a)
+    assert out.dtype == a.dtype and np.array_equal(np.asarray(out).view(np.uint8), np.asarray(a).view(np.uint8))
+    (grad,) = vjp(a)
+    assert np.array_equal(np.asarray(grad).view(np.uint8), np.asarray(a).view(np.uint8))
+
+
+def test_channel_sum_equals_a_float64_sum(x64):
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((100, 7, 7, 5)) * 3 + 2
+    expected = a.sum((0, 1, 2))
+    np.testing.assert_allclose(channel_sum(jnp.asarray(a)), expected, rtol=1e-13)
+    np.testing.assert_allclose(channel_sum(jnp.asarray(a, jnp.float32)), expected, rtol=2e-6)
