@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import flax.linen as nn
 from jax import lax
 
@@ -52,6 +53,23 @@ def _patches_conv(x, kernel, stride: int):
         x[:, i:i + stride * (out_h - 1) + 1:stride, j:j + stride * (out_w - 1) + 1:stride]
         for i in range(k_h) for j in range(k_w)], axis=-1)
     return jnp.dot(patches, kernel.reshape(k_h * k_w * c_in, c_out))
+
+
+def _dense_conv(x, kernel, stride: int, padding):
+    """The convolution as one matmul with its (H*W*C_in, H'*W'*C_out) matrix, gathered from the
+    kernel: no multiplications by padding, where the patch form spends most of its on them."""
+    n, h, w, c_in = x.shape
+    k_h, k_w, _, c_out = kernel.shape
+    (lo_h, hi_h), (lo_w, hi_w) = padding
+    out_h, out_w = (h + lo_h + hi_h - k_h) // stride + 1, (w + lo_w + hi_w - k_w) // stride + 1
+
+    def taps(size, out, lo, k):  # kernel tap joining input i to output o; k (a zero tap) if none
+        tap = np.arange(size)[:, None] - stride * np.arange(out)[None, :] + lo
+        return np.where((tap >= 0) & (tap < k), tap, k)
+    kernel = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+    matrix = kernel[taps(h, out_h, lo_h, k_h)[:, None, :, None], taps(w, out_w, lo_w, k_w)[None, :, None, :]]
+    matrix = matrix.transpose(0, 1, 4, 2, 3, 5).reshape(h * w * c_in, out_h * out_w * c_out)
+    return jnp.dot(x.reshape(n, -1), matrix).reshape(n, out_h, out_w, c_out)
 
 
 def _sum_shifted_planes(z, kernel_size, padding):
@@ -116,7 +134,10 @@ def conv(x, kernel, stride: int = 1, padding=0):
 
     - a kernel wider than the output (layer1_1, layer2_0, D's conv_4: 2x2 and 3x3 outputs): one
       matmul over patches. XLA:CPU swaps such a convolution's operands into its generic loop,
-      20x slower than PyTorch (layer2_0 forward+backward: 181 ms vs 9 ms);
+      20x slower than PyTorch (layer2_0 forward+backward: 181 ms vs 9 ms). On CPU, where the
+      input has no more pixels than the kernel (layer1_1, layer2_0), one matmul with the
+      convolution's dense matrix instead: layer2_0's patches are 3/4 padding (20 -> 6 ms; CPU
+      attempt 13);
     - one output channel (layer4_3): a matmul to per-tap planes and their shifted sum; XLA:CPU's
       convolution runs it at ~20 GFLOP/s and transposes the 28x28x64 input for its weight
       gradient (CPU step -1 %; benchmarks/NOTES.md, CPU attempt 12; other backends: lax);
@@ -137,7 +158,11 @@ def conv(x, kernel, stride: int = 1, padding=0):
     size = x.shape[1:3]
     out = [(n + lo + hi - k) // stride + 1 for n, (lo, hi), k in zip(size, padding, kernel.shape)]
     if any(k > o for k, o in zip(kernel.shape, out)):
-        return _patches_conv(pad_hw(x, padding), kernel, stride)
+        patches = lambda x, k: _patches_conv(pad_hw(x, padding), k, stride)
+        if size[0] * size[1] > kernel.shape[0] * kernel.shape[1]:
+            return patches(x, kernel)
+        return lax.platform_dependent(x, kernel, cpu=lambda x, k: _dense_conv(x, k, stride, padding),
+                                      default=patches)
     if kernel.shape[-1] == 1 and stride == 1:
         return lax.platform_dependent(x, kernel, cpu=lambda x, k: _single_output_conv(x, k, padding),
                                       default=lambda x, k: _lax_conv(x, k, 1, padding))
