@@ -117,11 +117,28 @@ def _conv_padded_input_grad_fwd(x, kernel, stride, padding):
     return _lax_conv(x, kernel, stride, padding), (x, kernel)
 
 
+def _weight_grad_from_padded_input(x, dy, kernel, stride, padding):
+    return jax.vjp(lambda w: _lax_conv(pad_hw(x, padding), w, stride, "VALID"), kernel)[1](dy)[0]
+
+
+def _weight_grad_as_conv_of_dy(x, dy, kernel, padding):
+    """A stride-1 weight gradient as a convolution of dy (its channels as the batch) with x as the
+    kernel: XLA:CPU then makes dy batch-minor (7x7x128 for layer3_0) instead of the padded
+    input (10x10x256): CPU step -1 % (benchmarks/NOTES.md, CPU attempt 14)."""
+    (k_h, k_w), ((lo_h, hi_h), (lo_w, hi_w)) = kernel.shape[:2], padding
+    out = lax.conv_general_dilated(dy, x, (1, 1), ((k_h - 1 - lo_h, k_h - 1 - hi_h), (k_w - 1 - lo_w, k_w - 1 - hi_w)),
+                                   dimension_numbers=("CHWN", "IHWO", "NHWC"))
+    return out[:, ::-1, ::-1, :].transpose(1, 2, 3, 0)
+
+
 def _conv_padded_input_grad_bwd(stride, padding, residuals, dy):
     x, kernel = residuals
     dx = jax.vjp(lambda x: _lax_conv(x, kernel, stride, padding), x)[1](dy)[0]
-    dw = jax.vjp(lambda w: _lax_conv(pad_hw(x, padding), w, stride, "VALID"), kernel)[1](dy)[0]
-    return dx, dw
+    from_padded = lambda x, dy: _weight_grad_from_padded_input(x, dy, kernel, stride, padding)
+    if stride != 1 or any(k - 1 - p < 0 for k, pair in zip(kernel.shape, padding) for p in pair):
+        return dx, from_padded(x, dy)
+    return dx, lax.platform_dependent(x, dy, cpu=lambda x, dy: _weight_grad_as_conv_of_dy(x, dy, kernel, padding),
+                                      default=from_padded)
 
 
 _conv_padded_input_grad.defvjp(_conv_padded_input_grad_fwd, _conv_padded_input_grad_bwd)
