@@ -39,6 +39,7 @@ def worker(args) -> dict:
     if args.device == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"
     images = load_images(args.data_dir)
+    memory_tuned = None  # JAX variants: whether runtime.reuse_cpu_memory tuned malloc
     if args.variant.startswith("torch"):
         import torch
         from benchmarks import torch_loops
@@ -50,9 +51,10 @@ def worker(args) -> dict:
         device_name = torch.cuda.get_device_name() if args.device == "gpu" else "cpu"
     else:
         import jax
-        from dcgan_jax.compile_cache import enable_compile_cache, enable_threefry_kernel
+        from dcgan_jax.runtime import enable_compile_cache, enable_threefry_kernel, reuse_cpu_memory
         if os.environ.get("DCGAN_THREEFRY_KERNEL", "1") == "1":  # as the CLI; 0 for the A/B
             enable_threefry_kernel()
+        memory_tuned = reuse_cpu_memory() if not args.no_cpu_memory_reuse else False  # as the CLI
         if args.compile_cache:
             enable_compile_cache(args.compile_cache)
         from benchmarks import jax_loops
@@ -77,6 +79,7 @@ def worker(args) -> dict:
         "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size, "epochs": args.epochs,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "threefry_kernel": os.environ.get("DCGAN_THREEFRY_KERNEL", "1") == "1",
+        "cpu_memory_reuse": memory_tuned, "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "compile_cache": args.compile_cache, "last_losses": last, "versions": versions,
     }
 
@@ -88,6 +91,8 @@ def spawn(variant, args) -> dict:
     for flag in ("data_dir", "compile_cache", "tag"):
         if getattr(args, flag):
             cmd += ["--" + flag.replace("_", "-"), getattr(args, flag)]
+    if args.no_cpu_memory_reuse:
+        cmd.append("--no-cpu-memory-reuse")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     rows = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
     if proc.returncode or not rows:
@@ -125,6 +130,8 @@ def main(argv=None):
     p.add_argument("--json", help="write the rows here (a list of objects)")
     p.add_argument("--compile-cache", help="JAX variants: persistent compilation cache folder")
     p.add_argument("--tag", help="label appended to the variant names (A/B runs)")
+    p.add_argument("--no-cpu-memory-reuse", action="store_true",
+                   help="JAX variants: skip dcgan_jax.runtime.reuse_cpu_memory (the CLI calls it)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--t0", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -63,8 +63,9 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--top", type=int, default=30)
     args = p.parse_args(argv)
-    from dcgan_jax.compile_cache import enable_threefry_kernel
+    from dcgan_jax.runtime import enable_threefry_kernel, reuse_cpu_memory
     enable_threefry_kernel()
+    reuse_cpu_memory()  # as the CLI
     config = preset("reference", dtype=args.dtype, steps_per_epoch=args.steps,
                     batch_size=args.batch_size).for_dataset(args.steps * args.batch_size)
     state = create_train_state(config, jax.random.key(0))

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 # Tests compile into the process only: the CLI's persistent compilation cache stays off unless a
-# test turns it on explicitly.
+# test turns it on explicitly. CPU memory reuse too: the test process's JAX client is long started
+# (so the setting would only make malloc keep freed memory); tests/test_runtime.py checks it.
 os.environ["DCGAN_JAX_COMPILE_CACHE"] = "off"
+os.environ["DCGAN_JAX_CPU_MEMORY_REUSE"] = "off"
 
 
 def write_idx(path, array, magic, compress=True):

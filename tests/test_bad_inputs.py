@@ -107,6 +107,12 @@ def test_bad_flag_values(flags, match, data, tmp_path, capsys):
     assert "Traceback" not in line
 
 
+def test_bad_cpu_memory_reuse_from_the_environment(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DCGAN_JAX_CPU_MEMORY_REUSE", "yes")  # argparse checks choices of flags only
+    refused(TINY + ["--data-dir", data], capsys, tmp_path / "run",
+            "DCGAN_JAX_CPU_MEMORY_REUSE='yes': expected 'on' or 'off'")
+
+
 # --- run directories and checkpoints ----------------------------------------------------------
 
 @pytest.fixture(scope="module")
