@@ -54,9 +54,9 @@ def worker(args) -> dict:
         from dcgan_jax.runtime import enable_compile_cache, enable_threefry_kernel, reuse_cpu_memory
         if os.environ.get("DCGAN_THREEFRY_KERNEL", "1") == "1":  # as the CLI; 0 for the A/B
             enable_threefry_kernel()
-        memory_tuned = reuse_cpu_memory() if not args.no_cpu_memory_reuse else False  # as the CLI
         if args.compile_cache:
             enable_compile_cache(args.compile_cache)
+        memory_tuned = reuse_cpu_memory() if not args.no_cpu_memory_reuse else False  # as the CLI
         from benchmarks import jax_loops
         seconds, peak, last, init_s = jax_loops.run(args.variant, images, args.epochs, args.steps_per_epoch,
                                             args.batch_size)

@@ -117,10 +117,10 @@ def main(argv=None) -> int:
         initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     from dcgan_jax.runtime import enable_compile_cache, enable_threefry_kernel, reuse_cpu_memory
     enable_threefry_kernel()
-    if args.cpu_memory_reuse == "on":
-        reuse_cpu_memory()
     if args.compile_cache != "off":
         enable_compile_cache(args.compile_cache)
+    if args.cpu_memory_reuse == "on":  # starts the backends: after every setting they read
+        reuse_cpu_memory()
     out = args.resume or args.out or f"runs/{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     start = time.perf_counter()
     try:
