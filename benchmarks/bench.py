@@ -79,7 +79,8 @@ def worker(args) -> dict:
         "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size, "epochs": args.epochs,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "threefry_kernel": os.environ.get("DCGAN_THREEFRY_KERNEL", "1") == "1",
-        "cpu_memory_reuse": memory_tuned, "malloc_env": {k: v for k, v in os.environ.items() if k == "GLIBC_TUNABLES" or k.startswith("MALLOC_")},
+        "cpu_memory_reuse": memory_tuned,
+        "malloc_env": {k: v for k, v in os.environ.items() if k == "GLIBC_TUNABLES" or k.startswith("MALLOC_")},
         "compile_cache": args.compile_cache, "last_losses": last, "versions": versions,
     }
 

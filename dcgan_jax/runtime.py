@@ -61,7 +61,6 @@ def reuse_cpu_memory() -> bool:
     It starts the backends to find the platform and tunes malloc only where the default backend
     is the CPU and the C library is glibc; other backends are left as they are.
     """
-    import jax
     jax.config.update("jax_cpu_enable_async_dispatch", False)  # CPU client only; GPU/TPU unaffected
     if jax.default_backend() != "cpu" or platform.libc_ver()[0] != "glibc":
         return False
