@@ -9,6 +9,7 @@ changed model or flag simply compiles (and caches) afresh.
 import ctypes
 import os
 import platform
+import warnings
 from typing import Optional
 
 import jax
@@ -57,10 +58,17 @@ def reuse_cpu_memory() -> bool:
     (benchmarks/NOTES.md, CPU attempt 15). Costs: Python waits for each CPU computation (the
     step loop syncs every step anyway), and the process keeps up to 1 GiB of freed memory.
 
-    Call before the first computation (the CPU client reads the dispatch mode when it starts).
-    It starts the backends to find the platform and tunes malloc only where the default backend
-    is the CPU and the C library is glibc; other backends are left as they are.
+    Call before the first computation (the CPU client reads the dispatch mode when it starts);
+    called later it warns and changes nothing. It starts the backends to find the platform and
+    tunes malloc only where the default backend is the CPU and the C library is glibc; other
+    backends are left as they are.
     """
+    from jax._src import xla_bridge  # no public way to ask whether the backends have started
+    started = getattr(xla_bridge, "backends_are_initialized", lambda: False)()
+    if started:
+        warnings.warn("reuse_cpu_memory() called after JAX's backends started: CPU dispatch stays "
+                      "asynchronous, so malloc is left as it is", stacklevel=2)
+        return False
     jax.config.update("jax_cpu_enable_async_dispatch", False)  # CPU client only; GPU/TPU unaffected
     if jax.default_backend() != "cpu" or platform.libc_ver()[0] != "glibc":
         return False

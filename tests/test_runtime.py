@@ -68,3 +68,18 @@ def test_reuse_cpu_memory_keeps_an_execution_buffer_mapped():
     # most calls fault nothing (where glibc carves the buffer from its heap can still move).
     assert np.median([int(f) for f in default[2:]]) > pages // 2, default
     assert np.median([int(f) for f in reused[2:]]) < pages // 20, reused
+
+
+def test_reuse_cpu_memory_after_the_backends_started_warns_and_changes_nothing():
+    program = """
+import warnings
+import jax, jax.numpy as jnp
+from dcgan_jax.runtime import reuse_cpu_memory
+jnp.ones(3).block_until_ready()                      # the CPU client starts, asynchronous
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    print(reuse_cpu_memory(), jax.config.read("jax_cpu_enable_async_dispatch"), caught[0].message)
+"""
+    out = subprocess.run([sys.executable, "-c", program], env=_env(), capture_output=True, text=True,
+                         check=True).stdout
+    assert out.startswith("False True reuse_cpu_memory() called after JAX's backends started"), out
