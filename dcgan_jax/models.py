@@ -131,14 +131,18 @@ def _weight_grad_as_conv_of_dy(x, dy, kernel, padding):
     return out[:, ::-1, ::-1, :].transpose(1, 2, 3, 0)
 
 
+def stride1_weight_grad(x, dy, kernel, padding):
+    """The weight gradient of a stride-1 convolution whose padding is at most k - 1 (layer3_0)."""
+    return lax.platform_dependent(x, dy, cpu=lambda x, dy: _weight_grad_as_conv_of_dy(x, dy, kernel, padding),
+                                  default=lambda x, dy: _weight_grad_from_padded_input(x, dy, kernel, 1, padding))
+
+
 def _conv_padded_input_grad_bwd(stride, padding, residuals, dy):
     x, kernel = residuals
     dx = jax.vjp(lambda x: _lax_conv(x, kernel, stride, padding), x)[1](dy)[0]
-    from_padded = lambda x, dy: _weight_grad_from_padded_input(x, dy, kernel, stride, padding)
     if stride != 1 or any(k - 1 - p < 0 for k, pair in zip(kernel.shape, padding) for p in pair):
-        return dx, from_padded(x, dy)
-    return dx, lax.platform_dependent(x, dy, cpu=lambda x, dy: _weight_grad_as_conv_of_dy(x, dy, kernel, padding),
-                                      default=from_padded)
+        return dx, _weight_grad_from_padded_input(x, dy, kernel, stride, padding)
+    return dx, stride1_weight_grad(x, dy, kernel, padding)
 
 
 _conv_padded_input_grad.defvjp(_conv_padded_input_grad_fwd, _conv_padded_input_grad_bwd)
@@ -175,17 +179,33 @@ def conv(x, kernel, stride: int = 1, padding=0):
     size = x.shape[1:3]
     out = [(n + lo + hi - k) // stride + 1 for n, (lo, hi), k in zip(size, padding, kernel.shape)]
     if any(k > o for k, o in zip(kernel.shape, out)):
-        patches = lambda x, k: _patches_conv(pad_hw(x, padding), k, stride)
         if size[0] * size[1] > kernel.shape[0] * kernel.shape[1]:
-            return patches(x, kernel)
-        return lax.platform_dependent(x, kernel, cpu=lambda x, k: _dense_conv(x, k, stride, padding),
-                                      default=patches)
+            return _padded_patches_conv(x, kernel, stride, padding)
+        return small_input_conv(x, kernel, stride, padding)
     if kernel.shape[-1] == 1 and stride == 1:
-        return lax.platform_dependent(x, kernel, cpu=lambda x, k: _single_output_conv(x, k, padding),
-                                      default=lambda x, k: _lax_conv(x, k, 1, padding))
+        return single_output_conv(x, kernel, padding)
     if any(o > n for o, n in zip(out, size)):
         return _conv_padded_input_grad(x, kernel, stride, padding)
     return _lax_conv(x, kernel, stride, padding)
+
+
+# The choices of conv() that depend on the backend, one named function each (benchmarks.ab_step
+# swaps them to measure a form on another backend): XLA:CPU's form where it measured faster there,
+# lax's or the patch form elsewhere.
+def _padded_patches_conv(x, kernel, stride, padding):
+    return _patches_conv(pad_hw(x, padding), kernel, stride)
+
+
+def small_input_conv(x, kernel, stride, padding):
+    """A convolution whose input has no more pixels than its kernel (layer1_1, layer2_0)."""
+    return lax.platform_dependent(x, kernel, cpu=lambda x, k: _dense_conv(x, k, stride, padding),
+                                  default=lambda x, k: _padded_patches_conv(x, k, stride, padding))
+
+
+def single_output_conv(x, kernel, padding):
+    """A stride-1 convolution to one channel (layer4_3)."""
+    return lax.platform_dependent(x, kernel, cpu=lambda x, k: _single_output_conv(x, k, padding),
+                                  default=lambda x, k: _lax_conv(x, k, 1, padding))
 
 
 def _flax_conv(lhs, rhs, window_strides, padding, **unused):

@@ -1,4 +1,7 @@
 """The speed-motivated convolution forms in models.py compute exactly the textbook ones."""
+import collections
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,10 +61,18 @@ def test_phased_rejects_output_not_divisible_by_stride():
 # (layer1_1, layer2_0, D's conv_4), split gradients where padded (layer3_0, the 3x3 layers, D's
 # strided layers), plain lax otherwise; each must be the textbook convolution, values and gradients.
 # One output channel (layer4_3): a matmul to per-tap planes.
+# The forms chosen per backend are checked both ways: as lowered here (CPU) and with every
+# lax.platform_dependent taking its default branch, the form other backends compile.
+@pytest.fixture(params=["this backend's forms", "other backends' forms"])
+def backend_forms(request, monkeypatch):
+    if request.param.startswith("other"):
+        monkeypatch.setattr(jax.lax, "platform_dependent", lambda *args, default, **per_platform: default(*args))
+
+
 @pytest.mark.parametrize("n,k,s,p,c_out", [(2, 3, 1, 1, 4), (2, 4, 1, 2, 4), (4, 3, 2, 1, 4), (6, 4, 1, 2, 4),
                                            (14, 3, 1, 1, 4), (14, 3, 2, 1, 4), (7, 3, 2, 1, 4), (5, 3, 1, 0, 4),
                                            (7, 3, 1, 1, 1), (6, 4, 1, 2, 1), (5, 3, 1, 0, 1), (7, 3, 2, 1, 1)])
-def test_conv_forms_equal_lax(x64, n, k, s, p, c_out):
+def test_conv_forms_equal_lax(x64, backend_forms, n, k, s, p, c_out):
     rng = np.random.default_rng(n * 100 + k * 10 + p)
     x, kernel = jnp.asarray(rng.standard_normal((2, n, n, 3))), jnp.asarray(rng.standard_normal((k, k, 3, c_out)))
 
@@ -97,3 +108,22 @@ def test_channel_sum_equals_a_float64_sum(x64):
     expected = a.sum((0, 1, 2))
     np.testing.assert_allclose(channel_sum(jnp.asarray(a)), expected, rtol=1e-13)
     np.testing.assert_allclose(channel_sum(jnp.asarray(a, jnp.float32)), expected, rtol=2e-6)
+
+
+def lowered_ops(f, *args, platform: str) -> collections.Counter:
+    """StableHLO op counts of `f` lowered for `platform`; lowering needs no such device (CI has none)."""
+    text = jax.jit(f).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+    return collections.Counter(re.findall(r"stablehlo\.(\w+)", text))
+
+
+def test_each_backend_is_lowered_with_its_own_forms():
+    """A GPU program gets lax's convolution and fused reductions, the CPU one the matmul forms: the
+    platform_dependent choices are wired the right way round (the tests above run the CPU forms)."""
+    x, kernel, a = jnp.ones((2, 7, 7, 3)), jnp.ones((3, 3, 3, 1)), jnp.ones((4, 5, 5, 3))
+    one_channel = jax.grad(lambda x, k: jnp.sum(jnp.sin(conv(x, k, 1, 1))), (0, 1))
+    gpu, cpu = (lowered_ops(one_channel, x, kernel, platform=p) for p in ("cuda", "cpu"))
+    assert gpu["convolution"] == 3 and cpu["convolution"] == 0 and cpu["dot_general"] == 3
+    gpu, cpu = (lowered_ops(channel_sum, a, platform=p) for p in ("cuda", "cpu"))
+    assert gpu["reduce"] == 1 and gpu["dot_general"] == 0 and cpu["dot_general"] == 2
+    gpu, cpu = (lowered_ops(stored_once, a, a, platform=p) for p in ("cuda", "cpu"))
+    assert gpu["divide"] == 0 and cpu["divide"] == 1

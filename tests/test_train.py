@@ -120,3 +120,10 @@ def test_configs_that_differ_in_training_settings_share_one_init_program(state):
     assert _init_variables._cache_size() == compiled
     assert leaves_equal((other.g_params, other.d_params, other.g_stats), (state.g_params, state.d_params, state.g_stats))
     assert other.config.lr == 1e-3 and state.config.lr != 1e-3
+
+
+def test_gpu_epoch_program_lowers_without_a_gpu(state, images):
+    """CI has no GPU: the scanned epoch (the GPU's loop, the step inside) must still lower for one."""
+    from dcgan_jax.train import _scan_epoch
+    text = _scan_epoch.trace(state, images, jax.random.key(1)).lower(lowering_platforms=("cuda",)).as_text()
+    assert "stablehlo.while" in text and "stablehlo.convolution" in text
