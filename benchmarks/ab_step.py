@@ -1,28 +1,31 @@
-"""In-process A/B of model-code variants on the reference train step (CPU timings are too noisy
-across processes for 1-5 % changes: consecutive harness runs differ by 5-8 % on a shared VM).
+"""In-process A/B of model-code variants on the reference training step (timings across processes
+are too noisy for 1-5 % changes: consecutive harness runs differ by 5-8 % on a shared CPU VM).
 
-  python -m benchmarks.ab_step VARIANTS.py [--rounds 30] [--batch-size 100]
+  python -m benchmarks.ab_step VARIANTS.py [--rounds 30] [--batch-size 100]        # CPU: jitted steps
+  python -m benchmarks.ab_step VARIANTS.py --loop scan --steps 100 --rounds 10      # GPU: scanned steps
 
 VARIANTS.py defines VARIANTS = {name: {attribute of dcgan_jax.models: replacement}}; the first
-entry is the baseline ({} is the code as it is). Each variant's step is compiled under its
-patches (caches cleared in between, so no traced function is shared), then the variants' steps
-alternate (order reversed every other round) and the paired ratio, the median over rounds of
-variant / baseline step time, is printed. Identical programs read 1.00 +- 0.02.
+entry is the baseline ({} is the code as it is). Each variant's program (one train step, or a
+scan of --steps steps as train_epoch runs it) is compiled under its patches (caches cleared in
+between, so no traced function is shared), then the variants' programs alternate (order reversed
+every other round) and the paired ratio, the median over rounds of variant / baseline time, is
+printed. Identical programs read 1.00 +- 0.02 on the CPU.
 """
 import argparse
 import importlib.util
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from dcgan_jax import models
+from dcgan_jax import models, train
 from dcgan_jax.config import preset
-from dcgan_jax.runtime import reuse_cpu_memory
-from dcgan_jax.train import STEP_JIT_KWARGS, _train_step, create_train_state
+from dcgan_jax.runtime import enable_threefry_kernel, reuse_cpu_memory
 
 
-def compile_variants(variants: dict, state, images, key) -> dict:
+def compile_variants(variants: dict, lower) -> dict:
+    """name -> compiled program, each lowered by `lower()` under its patches of dcgan_jax.models."""
     programs = {}
     for name, patches in variants.items():
         jax.clear_caches()
@@ -30,7 +33,9 @@ def compile_variants(variants: dict, state, images, key) -> dict:
         try:
             for attr, value in patches.items():
                 setattr(models, attr, value)
-            programs[name] = jax.jit(_train_step, **STEP_JIT_KWARGS).lower(state, images, key).compile()
+            start = time.perf_counter()
+            programs[name] = lower().compile()
+            print(f"{name:32s} compiled in {time.perf_counter() - start:.1f} s", flush=True)
         finally:
             for attr, value in saved.items():
                 setattr(models, attr, value)
@@ -43,32 +48,46 @@ def main(argv=None):
     p.add_argument("variants")
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--loop", choices=("steps", "scan"), default="steps",
+                   help="steps: one jitted step per call; scan: --steps steps per call (the epoch's loop)")
+    p.add_argument("--steps", type=int, default=100, help="steps per scanned call (--loop scan)")
+    p.add_argument("--dtype", default="float32")
     args = p.parse_args(argv)
+    enable_threefry_kernel()  # as the CLI: on a GPU the init compiles in 3 s instead of 17
     reuse_cpu_memory()  # as the CLI: without it ~110 ms of each CPU step is page faults
     spec = importlib.util.spec_from_file_location("ab_variants", args.variants)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = preset("reference", steps_per_epoch=10, batch_size=args.batch_size).for_dataset(10 * args.batch_size)
-    state = create_train_state(config, jax.random.key(0))
-    images = np.random.default_rng(0).integers(0, 256, (args.batch_size, 28, 28, 1), dtype=np.uint8)
+    steps = args.steps if args.loop == "scan" else 1
+    config = preset("reference", steps_per_epoch=steps, batch_size=args.batch_size,
+                    dtype=args.dtype).for_dataset(steps * args.batch_size)
+    state = train.create_train_state(config, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (steps * args.batch_size, 28, 28, 1), dtype=np.uint8))
     keys = jax.random.split(jax.random.key(1), args.rounds + 2)
-    programs = compile_variants(module.VARIANTS, state, images, keys[0])
-    states = dict.fromkeys(programs, state)
+    if args.loop == "scan":  # donates the state: one copy per variant
+        lower = lambda: train._scan_epoch.lower(state, images, keys[0])
+    else:
+        lower = lambda: jax.jit(train._train_step, **train.STEP_JIT_KWARGS).lower(state, images, keys[0])
+    programs = compile_variants(module.VARIANTS, lower)
+    states = {name: jax.tree.map(jnp.copy, state) for name in programs}
     for name, program in programs.items():  # warm-up; the losses show each variant trains alike
         for key in keys[:2]:
             states[name], metrics = program(states[name], images, key)
-        print(f"{name:24s} after 2 steps: " + ", ".join(f"{k} {float(v):.6f}" for k, v in metrics.items()))
+        print(f"{name:32s} after 2 calls: " + ", ".join(f"{k} {float(np.mean(v)):.6f}" for k, v in metrics.items()))
     times = {name: [] for name in programs}
     for r in range(args.rounds):
         for name in (list(programs) if r % 2 == 0 else list(programs)[::-1]):
             start = time.perf_counter()
             states[name], _ = programs[name](states[name], images, keys[r + 2])
             jax.block_until_ready(states[name])
-            times[name].append(time.perf_counter() - start)
+            times[name].append((time.perf_counter() - start) / steps)
     baseline = np.array(next(iter(times.values())))
+    print(f"{jax.devices()[0].device_kind}, {args.dtype}, batch {args.batch_size}, loop {args.loop}"
+          f"{f' ({steps} steps per call)' if steps > 1 else ''}, {args.rounds} rounds; time per step:")
     for name, t in times.items():
         t = np.array(t)
-        print(f"{name:24s} median {1e3 * np.median(t):7.1f} ms  min {1e3 * t.min():7.1f} ms  "
+        print(f"{name:32s} median {1e3 * np.median(t):8.3f} ms  min {1e3 * t.min():8.3f} ms  "
               f"paired ratio {np.median(t / baseline):.3f}")
 
 

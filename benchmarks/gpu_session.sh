@@ -2,15 +2,18 @@
 # One device session on a GPU, most important first, each section under its own time limit so a
 # slow one cannot eat the rest; everything is tee'd to $OUT/session$PART.log.
 #   part 1 (~8.5 min on an H100): the scanned fp32/bf16 rows and the tutorial loop; the 20-epoch
-#     reference run cold and warm (compile cache); a profile; A/Bs (the while loop in a CUDA
-#     graph; threefry lowered as XLA ops, as before the CLI's default; no autotuning);
-#     --deterministic checked for bit-identical runs in two processes.
-#   part 2 (~2 min, PART=2): threefry's kernel lowering checked for the same bits; the reference
-#     run cold and warm again (use it after a change to the CLI's start-up or epoch loop).
-#   part 3 (~4 min, PART=3): the remaining harness rows (torch_device_data, torch_compile, jitted steps).
+#     reference run cold and warm (compile cache), and warm with one checkpoint; A/Bs in one
+#     process of the forms XLA:CPU gets (benchmarks/ab_variants_gpu.py); the while loop in a CUDA
+#     graph; a profile with the fusions named; no autotuning (compile time).
+#   part 2 (~3 min, PART=2): threefry's kernel lowering checked for the same bits and against XLA
+#     ops; --deterministic checked for bit-identical runs in two processes; the reference run cold
+#     and warm again (use it after a change to the CLI's start-up or epoch loop).
+#   part 3 (~5 min, PART=3): the remaining harness rows (torch_device_data, torch_compile, jitted
+#     steps); a profile of the bf16 step.
 # The logs of the sessions run so far are in benchmarks/results/ (NOTES.md says which code ran).
-#   OUT=/tmp/o DEVICE=cpu STEPS=2 REF_STEPS=2 REF_EPOCHS=2 PROFILE_STEPS=1 \
-#     DATA_DIR=/work/shared/data/mnist bash benchmarks/gpu_session.sh      # dry run on CPU
+#   OUT=/tmp/o DEVICE=cpu STEPS=2 REF_STEPS=2 REF_EPOCHS=2 PROFILE_STEPS=1 AB_STEPS=1 AB_ROUNDS=2 AB_BATCH=8 \
+#     FP32=jax_steps_fp32 BF16=jax_steps_bf16 DATA_DIR=/work/shared/data/mnist bash benchmarks/gpu_session.sh
+#   is a dry run on the CPU (about 5 minutes on 2 cores).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 PY=${PY:-python3}
@@ -21,6 +24,7 @@ STEPS=${STEPS:-600}
 REF_EPOCHS=${REF_EPOCHS:-20}
 REF_STEPS=${REF_STEPS:-600}
 PROFILE_STEPS=${PROFILE_STEPS:-100}
+AB_STEPS=${AB_STEPS:-100} AB_ROUNDS=${AB_ROUNDS:-10}
 DATA_DIR=${DATA_DIR:-.gpu/mnist}
 FP32=${FP32:-jax_scan_fp32} BF16=${BF16:-jax_scan_bf16}   # the dry run on CPU: jax_steps_*
 LOG=$OUT/session$PART.log
@@ -38,6 +42,13 @@ reference_runs() { local limit=$1; rm -rf /tmp/dcgan_cache   # the CLI from proc
       --epochs "$REF_EPOCHS" --steps-per-epoch "$REF_STEPS" --no-progress --overwrite --out /tmp/ref_$start
   done; }
 
+deterministic() { section "--deterministic: two processes, same bits?"
+  for i in 1 2; do
+    run 50 $PY -m experiments.train --preset reference --data-dir "$DATA_DIR" --epochs 1 --steps-per-epoch "${DET_STEPS:-200}" \
+      --no-progress --overwrite --compile-cache off --deterministic --out /tmp/det_$i
+  done
+  sha256sum /tmp/det_*/generator.msgpack /tmp/det_*/discriminator.msgpack 2>&1 | tee -a "$LOG"; }
+
 section "environment (part $PART)"
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,utilization.gpu --format=csv 2>&1
   $PY -c "import jax, flax, optax, torch; print('jax', jax.__version__, jax.devices(), 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__)"
@@ -46,6 +57,9 @@ section "environment (part $PART)"
 if [ "$PART" = 3 ]; then
   section "harness, remaining rows"
   bench 280 "" torch_device_data,torch_compile,jax_steps_fp32,jax_steps_bf16
+  section "profile: top ops of the scanned bf16 step, fusions outside CUDA graphs"
+  run 60 env XLA_FLAGS=--xla_gpu_enable_command_buffer= $PY -m benchmarks.profile --loop scan --dtype bfloat16 \
+    --steps "$PROFILE_STEPS" --top 50
   (cd "$OUT" && tar czf json3.tgz json && rm -r json)
   section "done"; exit 0
 fi
@@ -62,6 +76,9 @@ out = [jax.random.normal(k, (4, 4, 256, 128)), jax.random.uniform(jax.random.fol
 print('kernel=$flag', hashlib.sha256(b''.join(np.asarray(o).tobytes() for o in out)).hexdigest())
 " 2>&1 | tee -a "$LOG"
   done
+  section "A/B, compile time: threefry as XLA ops (not one kernel)"
+  bench 50 threefry_xla_ops $FP32 DCGAN_THREEFRY_KERNEL=0
+  deterministic
   reference_runs 75
   section "done"; exit 0
 fi
@@ -72,24 +89,28 @@ bench 150 "" $FP32,$BF16,torch_tutorial
 reference_runs 100
 # The trained run without its checkpoints: evaluate / latent_scale / figures work from it anywhere.
 (cd /tmp && tar czf "$OUT/ref_warm.tgz" ref_warm/config.json ref_warm/metrics.jsonl ref_warm/step_metrics.npz \
-  ref_warm/losses.png ref_warm/generator.msgpack ref_warm/discriminator.msgpack ref_warm/samples/epoch_020.png) 2>&1 | tee -a "$LOG"
+  ref_warm/losses.png ref_warm/generator.msgpack ref_warm/discriminator.msgpack ref_warm/samples/epoch_$(printf %03d "$REF_EPOCHS").png) 2>&1 | tee -a "$LOG"
 
-section "profile: top ops of the scanned fp32 step"
+# The overlapped epochs took 2.0-2.3 s instead of 1.7 (session 4): is it the checkpoints' transfers?
+section "reference run, warm cache, one checkpoint (the last epoch's) instead of one per epoch"
+run 100 $PY -m benchmarks.reference_run /tmp/dcgan_cache --preset reference --data-dir "$DATA_DIR" \
+  --epochs "$REF_EPOCHS" --steps-per-epoch "$REF_STEPS" --no-progress --overwrite --out /tmp/ref_ckpt_last \
+  --checkpoint-every "$REF_EPOCHS"
+
 loop=$([ "$DEVICE" = gpu ] && echo scan || echo steps)
-run 60 $PY -m benchmarks.profile --loop $loop --steps "$PROFILE_STEPS" --top 40
+section "A/B in one process: XLA:CPU's forms on this backend (fp32, $AB_STEPS steps per call)"
+run 150 $PY -m benchmarks.ab_step benchmarks/ab_variants_gpu.py --loop $loop --steps "$AB_STEPS" --rounds "$AB_ROUNDS" \
+  --batch-size "${AB_BATCH:-100}"
 
 section "A/B: the scan's while loop inside the CUDA graph (no host round trip per step)"
 bench 50 while_in_cuda_graph $FP32 XLA_FLAGS=--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL
 
-section "A/B, compile time: threefry as XLA ops (not one kernel); no autotuning"
-bench 50 threefry_xla_ops $FP32 DCGAN_THREEFRY_KERNEL=0
-bench 60 autotune_0 $FP32 XLA_FLAGS=--xla_gpu_autotune_level=0
+# Command buffers off: each fusion is its own kernel, named in the trace (inside a CUDA graph the
+# profile sees only "command_buffer_N", ~40 % of the step at session 3).
+section "profile: top ops of the scanned fp32 step, fusions outside CUDA graphs"
+run 60 env XLA_FLAGS=--xla_gpu_enable_command_buffer= $PY -m benchmarks.profile --loop $loop --steps "$PROFILE_STEPS" --top 50
 
-section "--deterministic: two processes, same bits?"
-for i in 1 2; do
-  run 50 $PY -m experiments.train --preset reference --data-dir "$DATA_DIR" --epochs 1 --steps-per-epoch "${DET_STEPS:-200}" \
-    --no-progress --overwrite --compile-cache off --deterministic --out /tmp/det_$i
-done
-sha256sum /tmp/det_*/generator.msgpack /tmp/det_*/discriminator.msgpack 2>&1 | tee -a "$LOG"
+section "A/B, compile time: no autotuning"
+bench 60 autotune_0 $FP32 XLA_FLAGS=--xla_gpu_autotune_level=0
 (cd "$OUT" && tar czf json1.tgz json && rm -r json)
 section "done"

@@ -1,0 +1,37 @@
+"""Variants for benchmarks.ab_step on a GPU: the forms measured faster on XLA:CPU (CPU attempts
+10-14 in benchmarks/NOTES.md), each tried on the other backend, and one GPU-only idea.
+
+  python -m benchmarks.ab_step benchmarks/ab_variants_gpu.py --loop scan --steps 100 --rounds 10
+
+Predictions (H100, fp32, 2.83 ms per step at session 3): the one-channel output layer ran in cuDNN
+at ~1.5 TFLOP/s (forward + weight gradient 0.12 ms): as matmuls of the 20 MB input, memory-bound,
+~0.04 ms, step -3 %; BatchNorm statistics in one pass read each BatchNorm input once instead of
+twice (15 layers, up to 20 MB each, ~0.1 ms of a 3 TB/s card's time): -1 to -3 %; the others
+(matmul forms of tiny convolutions and reductions) are expected to be neutral or slower on cuDNN.
+"""
+import jax
+import jax.numpy as jnp
+
+from dcgan_jax import models
+
+
+def batch_stats_one_pass(x):
+    """models._batch_stats from one pass over x: sums of (x - s) and (x - s)**2 in one fusion, with
+    s a sample of each channel so that the variance does not cancel when |mean| >> std (float32
+    mean and variance within ~1e-6 of float64 for N(5, 0.3) data, as the two-pass form)."""
+    xs = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    n, axes = x.size // x.shape[-1], tuple(range(x.ndim - 1))
+    shift = jax.lax.stop_gradient(xs[(0,) * (x.ndim - 1)])
+    d = xs - shift
+    m = d.sum(axes) / n
+    return shift + m, jnp.square(d).sum(axes) / n - jnp.square(m)
+
+
+VARIANTS = {
+    "as is": {},
+    "one-channel conv as tap matmul": {"single_output_conv": models._single_output_conv},
+    "small-input conv as dense matmul": {"small_input_conv": models._dense_conv},
+    "BatchNorm sums as matmuls": {"channel_sum": models._channel_sum_as_dot},
+    "layer3_0 wgrad as conv of dy": {"stride1_weight_grad": models._weight_grad_as_conv_of_dy},
+    "BatchNorm statistics in one pass": {"_batch_stats": batch_stats_one_pass},
+}
