@@ -1,11 +1,38 @@
-"""Helpers the experiment scripts share: open a finished run directory, sample its generator."""
+"""Helpers the experiment scripts share: the CPU memory flag, open a finished run directory,
+sample its generator."""
+import argparse
+import os
 import sys
+from typing import Optional
 
 import jax
 import numpy as np
 
 from dcgan_jax.outputs import RunDirError, load_variables
 from dcgan_jax.train import generator_output, to_unit_range
+
+CPU_MEMORY_REUSE_ENV = "DCGAN_JAX_CPU_MEMORY_REUSE"
+
+
+def add_cpu_memory_reuse_flag(p: argparse.ArgumentParser):
+    p.add_argument("--cpu-memory-reuse", choices=("on", "off"), default=os.environ.get(CPU_MEMORY_REUSE_ENV, "on"),
+                   help="on CPU, run programs inline and keep freed memory mapped (step 3-10%% faster; "
+                        "dcgan_jax.runtime.reuse_cpu_memory); 'off' keeps JAX's and glibc's defaults "
+                        f"(default: ${CPU_MEMORY_REUSE_ENV}, else %(default)s)")
+
+
+def check_cpu_memory_reuse(args) -> Optional[str]:
+    """The error for a bad value from the environment (argparse checks the choices of flags only)."""
+    if args.cpu_memory_reuse not in ("on", "off"):
+        return f"{CPU_MEMORY_REUSE_ENV}={args.cpu_memory_reuse!r}: expected 'on' or 'off'"
+    return None
+
+
+def apply_cpu_memory_reuse(args):
+    """Call after every setting the backends read at start (reuse_cpu_memory starts them)."""
+    if args.cpu_memory_reuse == "on":
+        from dcgan_jax.runtime import reuse_cpu_memory
+        reuse_cpu_memory()
 
 
 def load_run(run_dir: str):

@@ -11,7 +11,9 @@ Each framework trains `--seeds` runs (seeds seed, seed+1, ...) of the same confi
 data; PyTorch uses parity.reference (the tutorial rebuilt), dcgan_jax its run driver. Both are
 scored with dcgan_jax.metrics on --num-samples generated images. Writes OUT/compare.json (every
 run, the summary, the machine) and OUT/compare.md (the table: mean ± std over seeds).
-Epoch times exclude the first epoch (compilation, warm-up), which is listed separately.
+Epoch times exclude the first epoch (compilation, warm-up), which is listed separately. On CPU,
+--cpu-memory-reuse (default on, as in the training CLI) tunes the process's malloc for both
+frameworks (steps ~15 % faster for PyTorch, ~7 % for dcgan_jax: benchmarks/NOTES.md, CPU attempt 15).
 """
 import argparse
 import json
@@ -27,7 +29,8 @@ from dcgan_jax import metrics
 from dcgan_jax.config import PRESETS, ConfigError, preset
 from dcgan_jax.data import DataError, load_mnist
 from dcgan_jax.outputs import atomic_write, load_variables
-from experiments.common import generate_images
+from experiments.common import (add_cpu_memory_reuse_flag, apply_cpu_memory_reuse, check_cpu_memory_reuse,
+                                generate_images)
 
 COLUMNS = (("epoch_seconds", "s/epoch", "{:.2f}"), ("first_epoch_seconds", "1st epoch s", "{:.2f}"),
            ("loss_d", "final loss_d", "{:.3f}"), ("loss_g", "final loss_g", "{:.3f}"),
@@ -150,7 +153,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/compare", help="output folder (default: %(default)s)")
     p.add_argument("--torch-device", default="auto",
                    help="device of the PyTorch runs: auto (cuda when available, else cpu), cpu, cuda")
+    add_cpu_memory_reuse_flag(p)   # tunes the process's malloc: PyTorch's steps gain from it too
     args = p.parse_args(argv)
+    if check_cpu_memory_reuse(args):
+        print(f"error: {check_cpu_memory_reuse(args)}", file=sys.stderr)
+        return 2
+    apply_cpu_memory_reuse(args)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("steps_per_epoch", args.steps_per_epoch),
                                    ("data_dir", args.data_dir)) if v is not None}
     try:

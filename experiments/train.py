@@ -21,6 +21,7 @@ import time
 import typing
 
 from dcgan_jax import config as C
+from experiments.common import add_cpu_memory_reuse_flag, apply_cpu_memory_reuse, check_cpu_memory_reuse
 
 CHOICES = {"order": C.ORDERS, "dtype": C.DTYPES, "data_range": C.DATA_RANGES, "loop": C.LOOPS,
            "samples_bn": C.SAMPLE_BN}
@@ -69,11 +70,7 @@ def parser() -> argparse.ArgumentParser:
                    default=os.environ.get("DCGAN_JAX_COMPILE_CACHE", "~/.cache/dcgan_jax/jax"),
                    help="persistent XLA compilation cache, or 'off' (default: $DCGAN_JAX_COMPILE_CACHE, "
                         "else %(default)s)")
-    p.add_argument("--cpu-memory-reuse", choices=("on", "off"),
-                   default=os.environ.get("DCGAN_JAX_CPU_MEMORY_REUSE", "on"),
-                   help="on CPU, run programs inline and keep freed memory mapped (step 3-10%% faster; "
-                        "dcgan_jax.runtime.reuse_cpu_memory); 'off' keeps JAX's and glibc's defaults "
-                        "(default: $DCGAN_JAX_CPU_MEMORY_REUSE, else %(default)s)")
+    add_cpu_memory_reuse_flag(p)
     multi = p.add_argument_group("multi-host (one process per host; see the README)")
     multi.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first")
     multi.add_argument("--coordinator-address", help="HOST:PORT of process 0 (default: detected from the cluster)")
@@ -94,8 +91,8 @@ def main(argv=None) -> int:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
     if args.distributed and not (args.out or args.resume):
         return _fail("--distributed needs --out (or --resume): every process must name the same run dir", 2)
-    if args.cpu_memory_reuse not in ("on", "off"):  # argparse does not check a default from the environment
-        return _fail(f"DCGAN_JAX_CPU_MEMORY_REUSE={args.cpu_memory_reuse!r}: expected 'on' or 'off'", 2)
+    if check_cpu_memory_reuse(args):
+        return _fail(check_cpu_memory_reuse(args), 2)
     if args.resume and args.preset:
         return _fail(f"--preset {args.preset} with --resume: a resumed run keeps the config it was made with", 2)
     from dcgan_jax.checkpoints import CheckpointError
@@ -115,12 +112,11 @@ def main(argv=None) -> int:
     if args.distributed:
         from dcgan_jax.parallel import initialize_distributed
         initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
-    from dcgan_jax.runtime import enable_compile_cache, enable_threefry_kernel, reuse_cpu_memory
+    from dcgan_jax.runtime import enable_compile_cache, enable_threefry_kernel
     enable_threefry_kernel()
     if args.compile_cache != "off":
         enable_compile_cache(args.compile_cache)
-    if args.cpu_memory_reuse == "on":  # starts the backends: after every setting they read
-        reuse_cpu_memory()
+    apply_cpu_memory_reuse(args)  # starts the backends: after every setting they read
     out = args.resume or args.out or f"runs/{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     start = time.perf_counter()
     try:

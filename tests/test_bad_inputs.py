@@ -111,6 +111,10 @@ def test_bad_cpu_memory_reuse_from_the_environment(data, tmp_path, capsys, monke
     monkeypatch.setenv("DCGAN_JAX_CPU_MEMORY_REUSE", "yes")  # argparse checks choices of flags only
     refused(TINY + ["--data-dir", data], capsys, tmp_path / "run",
             "DCGAN_JAX_CPU_MEMORY_REUSE='yes': expected 'on' or 'off'")
+    from experiments import compare_frameworks   # the other script that tunes memory
+    assert compare_frameworks.main(["--data-dir", data, "--out", str(tmp_path / "compare")]) == 2
+    assert capsys.readouterr().err.strip() == "error: DCGAN_JAX_CPU_MEMORY_REUSE='yes': expected 'on' or 'off'"
+    assert not (tmp_path / "compare").exists()
 
 
 # --- run directories and checkpoints ----------------------------------------------------------
