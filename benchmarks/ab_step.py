@@ -4,12 +4,13 @@ are too noisy for 1-5 % changes: consecutive harness runs differ by 5-8 % on a s
   python -m benchmarks.ab_step VARIANTS.py [--rounds 30] [--batch-size 100]        # CPU: jitted steps
   python -m benchmarks.ab_step VARIANTS.py --loop scan --steps 100 --rounds 10      # GPU: scanned steps
 
-VARIANTS.py defines VARIANTS = {name: {attribute of dcgan_jax.models: replacement}}; the first
-entry is the baseline ({} is the code as it is). Each variant's program (one train step, or a
-scan of --steps steps as train_epoch runs it) is compiled under its patches (caches cleared in
-between, so no traced function is shared), then the variants' programs alternate (order reversed
-every other round) and the paired ratio, the median over rounds of variant / baseline time, is
-printed. Identical programs read 1.00 +- 0.02 on the CPU.
+VARIANTS.py defines VARIANTS = {name: {attribute: replacement}}, an attribute of dcgan_jax.models
+("channel_sum") or of another dcgan_jax module ("train.build_optimizers"); the first entry is the
+baseline ({} is the code as it is). Each variant's state and program (one train step, or a scan of
+--steps steps as train_epoch runs it) are made under its patches (caches cleared in between, so
+no traced function is shared), then the variants' programs alternate (order reversed every other
+round) and the paired ratio, the median over rounds of variant / baseline time, is printed.
+Identical programs read 1.00 +- 0.02 on the CPU.
 """
 import argparse
 import importlib.util
@@ -24,21 +25,29 @@ from dcgan_jax.config import preset
 from dcgan_jax.runtime import enable_threefry_kernel, reuse_cpu_memory
 
 
-def compile_variants(variants: dict, lower) -> dict:
-    """name -> compiled program, each lowered by `lower()` under its patches of dcgan_jax.models."""
+def _target(attr: str):
+    """(module, name) that a VARIANTS key patches: "name" in models, "module.name" in dcgan_jax.module."""
+    module, _, name = attr.rpartition(".")
+    return (importlib.import_module(f"dcgan_jax.{module}") if module else models), name
+
+
+def compile_variants(variants: dict, build) -> dict:
+    """name -> (state, compiled program), each from `build()` -> (state, lowered) under its patches."""
     programs = {}
     for name, patches in variants.items():
         jax.clear_caches()
-        saved = {attr: getattr(models, attr) for attr in patches}
+        targets = {attr: _target(attr) for attr in patches}
+        saved = {attr: getattr(module, n) for attr, (module, n) in targets.items()}
         try:
-            for attr, value in patches.items():
-                setattr(models, attr, value)
+            for attr, (module, n) in targets.items():
+                setattr(module, n, patches[attr])
             start = time.perf_counter()
-            programs[name] = lower().compile()
+            state, lowered = build()
+            programs[name] = state, lowered.compile()
             print(f"{name:32s} compiled in {time.perf_counter() - start:.1f} s", flush=True)
         finally:
-            for attr, value in saved.items():
-                setattr(models, attr, value)
+            for attr, (module, n) in targets.items():
+                setattr(module, n, saved[attr])
     return programs
 
 
@@ -61,16 +70,21 @@ def main(argv=None):
     steps = args.steps if args.loop == "scan" else 1
     config = preset("reference", steps_per_epoch=steps, batch_size=args.batch_size,
                     dtype=args.dtype).for_dataset(steps * args.batch_size)
-    state = train.create_train_state(config, jax.random.key(0))
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 256, (steps * args.batch_size, 28, 28, 1), dtype=np.uint8))
     keys = jax.random.split(jax.random.key(1), args.rounds + 2)
-    if args.loop == "scan":  # donates the state: one copy per variant
-        lower = lambda: train._scan_epoch.lower(state, images, keys[0])
-    else:
-        lower = lambda: jax.jit(train._train_step, **train.STEP_JIT_KWARGS).lower(state, images, keys[0])
-    programs = compile_variants(module.VARIANTS, lower)
-    states = {name: jax.tree.map(jnp.copy, state) for name in programs}
+
+    base = train.create_train_state(config, jax.random.key(0))
+
+    def build():  # each variant its own copy (the scan donates it) and optimizer states (it may patch them)
+        g_tx, d_tx = train.build_optimizers(config)
+        state = jax.tree.map(jnp.copy, base).replace(g_opt=g_tx.init(base.g_params), d_opt=d_tx.init(base.d_params))
+        if args.loop == "scan":
+            return state, train._scan_epoch.lower(state, images, keys[0])
+        return state, jax.jit(train._train_step, **train.STEP_JIT_KWARGS).lower(state, images, keys[0])
+    built = compile_variants(module.VARIANTS, build)
+    states = {name: state for name, (state, _) in built.items()}
+    programs = {name: program for name, (_, program) in built.items()}
     for name, program in programs.items():  # warm-up; the losses show each variant trains alike
         for key in keys[:2]:
             states[name], metrics = program(states[name], images, key)

@@ -1,18 +1,26 @@
 """Variants for benchmarks.ab_step on a GPU: the forms measured faster on XLA:CPU (CPU attempts
-10-14 in benchmarks/NOTES.md), each tried on the other backend, and one GPU-only idea.
+10-14 in benchmarks/NOTES.md), each tried on the other backend, and three GPU-only ideas.
 
   python -m benchmarks.ab_step benchmarks/ab_variants_gpu.py --loop scan --steps 100 --rounds 10
 
 Predictions (H100, fp32, 2.83 ms per step at session 3): the one-channel output layer ran in cuDNN
 at ~1.5 TFLOP/s (forward + weight gradient 0.12 ms): as matmuls of the 20 MB input, memory-bound,
 ~0.04 ms, step -3 %; BatchNorm statistics in one pass read each BatchNorm input once instead of
-twice (15 layers, up to 20 MB each, ~0.1 ms of a 3 TB/s card's time): -1 to -3 %; the others
-(matmul forms of tiny convolutions and reductions) are expected to be neutral or slower on cuDNN.
+twice (15 layers, up to 20 MB each, ~0.1 ms of a 3 TB/s card's time): -1 to -3 %; Adam on one
+flat vector: if XLA leaves ~100 small per-array update kernels of a few microseconds each, up to
+-5 %, nothing if its horizontal fusion already merged them; the scan unrolled by 2: the ~2 % of the
+step the GPU idles (the while loop's host round trip) halves, -1 %; the others (matmul forms of
+tiny convolutions and reductions) are expected to be neutral or slower on cuDNN.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
+import optax
 
-from dcgan_jax import models
+from dcgan_jax import models, train
+
+_build_optimizers = train.build_optimizers  # the original, kept before ab_step patches it
 
 
 def batch_stats_one_pass(x):
@@ -27,6 +35,21 @@ def batch_stats_one_pass(x):
     return shift + m, jnp.square(d).sum(axes) / n - jnp.square(m)
 
 
+def flat_adam_optimizers(config):
+    """train.build_optimizers with each Adam run on one flat vector of all the network's parameters
+    (optax.flatten): one fused update instead of one per parameter array (G and D: 49 arrays).
+    Elementwise, so the same numbers; the optimizer state's structure changes."""
+    return tuple(optax.flatten(tx) for tx in _build_optimizers(config))
+
+
+@functools.partial(jax.jit, donate_argnums=0, **train.STEP_JIT_KWARGS)
+def scan_epoch_unrolled(state, images, key):
+    """train._scan_epoch with two steps per while-loop iteration (half the host round trips)."""
+    cfg = state.config
+    idx, keys = train.epoch_plan(key, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
+    return jax.lax.scan(lambda s, xs: train._train_step(s, images[xs[0]], xs[1]), state, (idx, keys), unroll=2)
+
+
 VARIANTS = {
     "as is": {},
     "one-channel conv as tap matmul": {"single_output_conv": models._single_output_conv},
@@ -34,4 +57,6 @@ VARIANTS = {
     "BatchNorm sums as matmuls": {"channel_sum": models._channel_sum_as_dot},
     "layer3_0 wgrad as conv of dy": {"stride1_weight_grad": models._weight_grad_as_conv_of_dy},
     "BatchNorm statistics in one pass": {"_batch_stats": batch_stats_one_pass},
+    "Adam on one flat vector": {"train.build_optimizers": flat_adam_optimizers},
+    "scan unrolled by 2": {"train._scan_epoch": scan_epoch_unrolled},
 }

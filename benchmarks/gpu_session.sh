@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One device session on a GPU, most important first, each section under its own time limit so a
 # slow one cannot eat the rest; everything is tee'd to $OUT/session$PART.log.
-#   part 1 (~8.5 min on an H100): the scanned fp32/bf16 rows and the tutorial loop; the 20-epoch
-#     reference run cold and warm (compile cache), and warm with one checkpoint; A/Bs in one
-#     process of the forms XLA:CPU gets (benchmarks/ab_variants_gpu.py); the while loop in a CUDA
-#     graph; a profile with the fusions named; no autotuning (compile time).
+#   part 1 (~9.5 min on an H100): the scanned fp32/bf16 rows and the tutorial loop; the 20-epoch
+#     reference run cold and warm (compile cache); A/Bs in one process of model and training
+#     variants (benchmarks/ab_variants_gpu.py); the reference run with one checkpoint; the while
+#     loop in a CUDA graph; a profile with the fusions named; no autotuning (compile time).
 #   part 2 (~3 min, PART=2): threefry's kernel lowering checked for the same bits and against XLA
 #     ops; --deterministic checked for bit-identical runs in two processes; the reference run cold
 #     and warm again (use it after a change to the CLI's start-up or epoch loop).
@@ -91,16 +91,16 @@ reference_runs 100
 (cd /tmp && tar czf "$OUT/ref_warm.tgz" ref_warm/config.json ref_warm/metrics.jsonl ref_warm/step_metrics.npz \
   ref_warm/losses.png ref_warm/generator.msgpack ref_warm/discriminator.msgpack ref_warm/samples/epoch_$(printf %03d "$REF_EPOCHS").png) 2>&1 | tee -a "$LOG"
 
+loop=$([ "$DEVICE" = gpu ] && echo scan || echo steps)
+section "A/B in one process: benchmarks/ab_variants_gpu.py (fp32, $AB_STEPS steps per call)"
+run 200 $PY -m benchmarks.ab_step benchmarks/ab_variants_gpu.py --loop $loop --steps "$AB_STEPS" --rounds "$AB_ROUNDS" \
+  --batch-size "${AB_BATCH:-100}"
+
 # The overlapped epochs took 2.0-2.3 s instead of 1.7 (session 4): is it the checkpoints' transfers?
 section "reference run, warm cache, one checkpoint (the last epoch's) instead of one per epoch"
 run 100 $PY -m benchmarks.reference_run /tmp/dcgan_cache --preset reference --data-dir "$DATA_DIR" \
   --epochs "$REF_EPOCHS" --steps-per-epoch "$REF_STEPS" --no-progress --overwrite --out /tmp/ref_ckpt_last \
   --checkpoint-every "$REF_EPOCHS"
-
-loop=$([ "$DEVICE" = gpu ] && echo scan || echo steps)
-section "A/B in one process: XLA:CPU's forms on this backend (fp32, $AB_STEPS steps per call)"
-run 150 $PY -m benchmarks.ab_step benchmarks/ab_variants_gpu.py --loop $loop --steps "$AB_STEPS" --rounds "$AB_ROUNDS" \
-  --batch-size "${AB_BATCH:-100}"
 
 section "A/B: the scan's while loop inside the CUDA graph (no host round trip per step)"
 bench 50 while_in_cuda_graph $FP32 XLA_FLAGS=--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL
