@@ -19,7 +19,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .config import ConfigError
-from .train import STEP_JIT_KWARGS, TrainState, _train_step, epoch_plan, resolve_loop, train_epoch
+from .train import (STEP_JIT_KWARGS, TrainState, _train_step, compile_epoch, epoch_plan, resolve_loop,
+                    train_epoch)
 
 
 def initialize_distributed(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
@@ -97,6 +98,20 @@ class DataParallel:
             if on_step is not None:
                 on_step(i, metrics)
         return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
+
+    def compile_epoch(self, state: TrainState, images, key, loop: Optional[str] = None):
+        """train.compile_epoch over the mesh: compile what train_epoch runs, run nothing.
+        `state` may be abstract (`abstract(...)`); `images` from `replicate`."""
+        cfg = state.config
+        loop = resolve_loop(loop or cfg.loop)
+        if self.single:
+            return compile_epoch(state, images, key, loop=loop)
+        key_data = self.replicate(jax.random.key_data(key))
+        if loop == "scan":
+            self._scan.lower(state, images, key_data).compile()
+            return
+        idx, step_keys = self._plan(key_data, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
+        self._step.lower(state, images, idx, step_keys, np.int32(0)).compile()
 
     @staticmethod
     def _plan_fn(key_data, num_examples, steps, batch_size):

@@ -5,6 +5,7 @@ restores the newest intact checkpoint and replays from the epoch after it: every
 and noise come from (seed, epoch) alone, so a run killed at any point and resumed ends with the
 same state, bit for bit on CPU, as one never interrupted.
 """
+import concurrent.futures
 import os
 import time
 from typing import Callable, Optional
@@ -106,11 +107,14 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
                                   f"(a resumed run keeps its config)")
     loop = resolve_loop(config.loop)
     init_key, sample_key, train_key = run_keys(config.seed)
+    images = dp.replicate(data.images)
     if restored:
         state, records, start = restored.state, list(restored.records), restored.epoch + 1
         history = {k: [restored.history[k]] for k in outputs.METRIC_KEYS}
     else:
-        state, records, start = dp.replicate(create_train_state(config, init_key)), [], 1
+        compile_began = time.perf_counter()  # epoch 1's seconds include its compilation, as ever
+        state = _initialise_and_compile(config, init_key, dp, images, epoch_key(train_key, 1), loop)
+        records, start = [], 1
         history = {k: [] for k in outputs.METRIC_KEYS}
     finished = start > config.epochs
     if finished and all(os.path.exists(os.path.join(run_dir, f)) for f in FINAL_FILES):
@@ -135,21 +139,20 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
             f"{config.batch_size} per epoch, epochs {start}..{config.epochs}, order {config.order}, "
             f"dtype {config.dtype}, loop {loop} on {dp.num_devices} {jax.default_backend()} device(s)")
     fixed_z = dp.replicate(noise(sample_key, config, config.num_samples))
-    images = dp.replicate(data.images)
 
     # A scanned epoch is one asynchronous dispatch: the next one starts before this one's
     # checkpoint, samples and logs are written (~0.8 s per 1.7 s epoch on an H100), so the device
     # trains meanwhile; the 20-epoch run is 5 s shorter (benchmarks/NOTES.md). Steps keep the order.
     overlap = loop == "scan"
 
-    def start_epoch(state, epoch):
+    def start_epoch(state, epoch, begin=None):
         bar = _progress_bar(epoch, config, progress and primary and loop == "steps")
-        begin = time.perf_counter()
+        begin = begin or time.perf_counter()
         new_state, metrics = dp.train_epoch(state, images, epoch_key(train_key, epoch), loop=loop,
                                             on_step=bar and bar.on_step)
         return begin, bar, new_state, metrics
 
-    running = start_epoch(state, start) if start <= config.epochs else None
+    running = start_epoch(state, start, None if restored else compile_began) if start <= config.epochs else None
     for epoch in range(start, config.epochs + 1):
         begin, bar, new_state, metrics = running
         metrics = dp.to_host(metrics)
@@ -191,6 +194,23 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
         outputs.write_step_metrics(run_dir, steps)
         outputs.save_variables(run_dir, dp.to_host(state.generator_variables),
                                dp.to_host(state.discriminator_variables))
+    return state
+
+
+def _initialise_and_compile(config: Config, init_key, dp: DataParallel, images, first_epoch_key, loop: str):
+    """The initial state, with the first epoch's program compiled meanwhile in a second thread.
+
+    On a cold start both are XLA compilations (the init's ~80 random initialisers, the epoch's
+    step), one after the other until now: overlapped, the CLI's quick preset runs 26.2 -> 24.0 s
+    from process start to exit on the 2-core CPU (compile cache off, median of 5; NOTES.md), and a
+    host with more cores (a GPU machine) overlaps more. Warm, the epoch's trace and lowering
+    (~1.5 s on that CPU) overlap the init.
+    """
+    abstract = dp.abstract(jax.eval_shape(lambda: create_train_state(config, init_key)))
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_epoch") as pool:
+        compiled = pool.submit(dp.compile_epoch, abstract, images, first_epoch_key, loop)
+        state = dp.replicate(create_train_state(config, init_key))
+        compiled.result()
     return state
 
 

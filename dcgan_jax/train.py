@@ -250,6 +250,19 @@ def train_epoch(state: TrainState, images, key, loop: Optional[str] = None,
     return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
 
 
+def compile_epoch(state: TrainState, images, key, loop: Optional[str] = None):
+    """Compile the programs train_epoch(state, images, key, loop) runs, without running them: the
+    jitted functions keep them, so the epoch then starts at once. `state` may be abstract
+    (ShapeDtypeStructs, with the shardings the real state will have), so a caller can compile
+    while the networks initialise (run.fit does)."""
+    cfg = state.config
+    if resolve_loop(loop or cfg.loop) == "scan":
+        _scan_epoch.lower(state, images, key).compile()
+        return
+    idx, keys = _epoch_plan(key, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
+    train_step.lower(state, images[idx[0]], keys[0]).compile()
+
+
 @functools.partial(jax.jit, static_argnames=("config", "bn"))
 def generator_output(config: Config, generator_variables, z, bn: str = "batch"):
     """G(z) (Tanh range) from generator variables, changing nothing. bn='batch' normalises with

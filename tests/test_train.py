@@ -127,3 +127,22 @@ def test_gpu_epoch_program_lowers_without_a_gpu(state, images):
     from dcgan_jax.train import _scan_epoch
     text = _scan_epoch.trace(state, images, jax.random.key(1)).lower(lowering_platforms=("cuda",)).as_text()
     assert "stablehlo.while" in text and "stablehlo.convolution" in text
+
+
+def test_fit_compiles_the_first_epoch_once_while_initialising(tmp_path, caplog):
+    """fit compiles the first epoch's step in a second thread while the networks initialise; the
+    epoch must then run that program, not compile one of its own (as it would if the abstract
+    state's shardings differed from the real state's)."""
+    from dcgan_jax.data import Dataset
+    from dcgan_jax.run import fit
+    images = np.random.default_rng(0).integers(0, 256, (12, 28, 28, 1), dtype=np.uint8)
+    config = Config(batch_size=6, epochs=1, steps_per_epoch=2, loop="steps")  # a batch no other test compiles
+    jax.config.update("jax_log_compiles", True)  # globally: a `with` context is the thread's own
+    try:
+        with caplog.at_level("WARNING"):
+            fit(config, str(tmp_path / "run"), progress=False, log=lambda _: None,
+                data=Dataset(images, np.zeros(12, np.uint8), "test", None))
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiles = [r.threadName for r in caplog.records if "XLA compilation of jit(_train_step)" in r.getMessage()]
+    assert len(compiles) == 1 and compiles[0].startswith("compile_epoch"), compiles
