@@ -203,8 +203,8 @@ def _initialise_and_compile(config: Config, init_key, dp: DataParallel, images, 
     On a cold start both are XLA compilations (the init's ~80 random initialisers, the epoch's
     step), one after the other until now: overlapped, the CLI's quick preset runs 26.2 -> 24.0 s
     from process start to exit on the 2-core CPU (compile cache off, median of 5; NOTES.md), and a
-    host with more cores (a GPU machine) overlaps more. Warm, the epoch's trace and lowering
-    (~1.5 s on that CPU) overlap the init.
+    host with more cores (a GPU machine) overlaps more. Warm (compile cache hits), what is left
+    of both is Python tracing and lowering, which the GIL serialises: no gain, no loss.
     """
     abstract = dp.abstract(jax.eval_shape(lambda: create_train_state(config, init_key)))
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_epoch") as pool:
