@@ -112,8 +112,7 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
         state, records, start = restored.state, list(restored.records), restored.epoch + 1
         history = {k: [restored.history[k]] for k in outputs.METRIC_KEYS}
     else:
-        compile_began = time.perf_counter()  # epoch 1's seconds include its compilation, as ever
-        state = _initialise_and_compile(config, init_key, dp, images, epoch_key(train_key, 1), loop)
+        state, initialised = _initialise_and_compile(config, init_key, dp, images, epoch_key(train_key, 1), loop)
         records, start = [], 1
         history = {k: [] for k in outputs.METRIC_KEYS}
     finished = start > config.epochs
@@ -152,7 +151,7 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
                                             on_step=bar and bar.on_step)
         return begin, bar, new_state, metrics
 
-    running = start_epoch(state, start, None if restored else compile_began) if start <= config.epochs else None
+    running = start_epoch(state, start, None if restored else initialised) if start <= config.epochs else None
     for epoch in range(start, config.epochs + 1):
         begin, bar, new_state, metrics = running
         metrics = dp.to_host(metrics)
@@ -198,20 +197,24 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
 
 
 def _initialise_and_compile(config: Config, init_key, dp: DataParallel, images, first_epoch_key, loop: str):
-    """The initial state, with the first epoch's program compiled meanwhile in a second thread.
+    """(the initial state, the time it was ready), the first epoch's programs compiled meanwhile
+    in a second thread.
 
     On a cold start both are XLA compilations (the init's ~80 random initialisers, the epoch's
-    step), one after the other until now: overlapped, the CLI's quick preset runs 26.2 -> 24.0 s
-    from process start to exit on the 2-core CPU (compile cache off, median of 5; NOTES.md), and a
-    host with more cores (a GPU machine) overlaps more. Warm (compile cache hits), what is left
-    of both is Python tracing and lowering, which the GIL serialises: no gain, no loss.
+    step) that would otherwise run one after the other: overlapped, the CLI's quick preset runs
+    26.2 -> 24.0 s from process start to exit on the 2-core CPU (compile cache off, median of 5;
+    NOTES.md), and a host with more cores (a GPU machine) overlaps more. Warm (compile cache
+    hits), what is left of both is Python tracing and lowering, which the GIL serialises: no gain.
+    Epoch 1's seconds count from when the state was ready, as when the compilation followed the
+    init: what is left of its compilation, then the epoch.
     """
     abstract = dp.abstract(jax.eval_shape(lambda: create_train_state(config, init_key)))
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile_epoch") as pool:
         compiled = pool.submit(dp.compile_epoch, abstract, images, first_epoch_key, loop)
         state = dp.replicate(create_train_state(config, init_key))
+        initialised = time.perf_counter()
         compiled.result()
-    return state
+    return state, initialised
 
 
 def _check_finite(metrics: dict, epoch: int, config: Config, checkpoints: RunCheckpoints):
