@@ -111,6 +111,7 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
     if restored:
         state, records, start = restored.state, list(restored.records), restored.epoch + 1
         history = {k: [restored.history[k]] for k in outputs.METRIC_KEYS}
+        initialised = None
     else:
         state, initialised = _initialise_and_compile(config, init_key, dp, images, epoch_key(train_key, 1), loop)
         records, start = [], 1
@@ -151,7 +152,7 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
                                             on_step=bar and bar.on_step)
         return begin, bar, new_state, metrics
 
-    running = start_epoch(state, start, None if restored else initialised) if start <= config.epochs else None
+    running = start_epoch(state, start, initialised) if start <= config.epochs else None
     for epoch in range(start, config.epochs + 1):
         begin, bar, new_state, metrics = running
         metrics = dp.to_host(metrics)
