@@ -155,8 +155,8 @@ def main(argv=None) -> int:
                    help="device of the PyTorch runs: auto (cuda when available, else cpu), cpu, cuda")
     add_cpu_memory_reuse_flag(p)   # tunes the process's malloc: PyTorch's steps gain from it too
     args = p.parse_args(argv)
-    if check_cpu_memory_reuse(args):
-        print(f"error: {check_cpu_memory_reuse(args)}", file=sys.stderr)
+    if error := check_cpu_memory_reuse(args):
+        print(f"error: {error}", file=sys.stderr)
         return 2
     apply_cpu_memory_reuse(args)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("steps_per_epoch", args.steps_per_epoch),

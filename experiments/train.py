@@ -91,8 +91,8 @@ def main(argv=None) -> int:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
     if args.distributed and not (args.out or args.resume):
         return _fail("--distributed needs --out (or --resume): every process must name the same run dir", 2)
-    if check_cpu_memory_reuse(args):
-        return _fail(check_cpu_memory_reuse(args), 2)
+    if error := check_cpu_memory_reuse(args):
+        return _fail(error, 2)
     if args.resume and args.preset:
         return _fail(f"--preset {args.preset} with --resume: a resumed run keeps the config it was made with", 2)
     from dcgan_jax.checkpoints import CheckpointError
