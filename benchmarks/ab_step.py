@@ -79,9 +79,11 @@ def main(argv=None):
     def build():  # each variant its own copy (the scan donates it) and optimizer states (it may patch them)
         g_tx, d_tx = train.build_optimizers(config)
         state = jax.tree.map(jnp.copy, base).replace(g_opt=g_tx.init(base.g_params), d_opt=d_tx.init(base.d_params))
+        platform = train.platform_of(state.step, images)  # as train_epoch passes it
         if args.loop == "scan":
-            return state, train._scan_epoch.lower(state, images, keys[0])
-        return state, jax.jit(train._train_step, **train.STEP_JIT_KWARGS).lower(state, images, keys[0])
+            return state, train._scan_epoch.lower(state, images, keys[0], platform)
+        step = jax.jit(train._train_step, static_argnames="platform", **train.STEP_JIT_KWARGS)
+        return state, step.lower(state, images, keys[0], platform=platform)
     built = compile_variants(module.VARIANTS, build)
     states = {name: state for name, (state, _) in built.items()}
     programs = {name: program for name, (_, program) in built.items()}

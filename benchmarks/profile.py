@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from dcgan_jax.config import preset
-from dcgan_jax.train import _scan_epoch, create_train_state, epoch_plan, train_step
+from dcgan_jax.train import _scan_epoch, create_train_state, epoch_plan, jitted_train_step, platform_of
 
 INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.+?) ([\w\-]+)\(")
 
@@ -71,13 +71,13 @@ def main(argv=None):
     state = create_train_state(config, jax.random.key(0))
     images = jax.device_put(np.random.default_rng(0).integers(
         0, 256, (args.steps * args.batch_size, 28, 28, 1), dtype=np.uint8))
-    key = jax.random.key(1)
+    key, platform = jax.random.key(1), platform_of(state.step, images)
     if args.loop == "scan":
-        compiled = _scan_epoch.lower(state, images, key).compile()
+        compiled = _scan_epoch.lower(state, images, key, platform).compile()
         run = lambda s: compiled(s, images, key)[0]
     else:
         idx, keys = epoch_plan(key, len(images), args.steps, args.batch_size)
-        compiled = train_step.lower(state, images[idx[0]], keys[0]).compile()
+        compiled = jitted_train_step.lower(state, images[idx[0]], keys[0], platform=platform).compile()
 
         def run(s):
             for i in range(args.steps):

@@ -35,6 +35,16 @@ def torch_default_uniform(fan_in: int):
     return init
 
 
+def on_platform(platform, operands, cpu, default):
+    """cpu(*operands) in a program XLA:CPU compiles, default(*operands) in any other. A known
+    `platform` (a jax Device.platform: "cpu", "gpu", "tpu") chooses while tracing; None leaves the
+    choice to lowering (lax.platform_dependent), which traces and differentiates both forms: 40 %
+    of the training step's trace time (benchmarks/NOTES.md, "Sixth CPU session")."""
+    if platform is None:
+        return lax.platform_dependent(*operands, cpu=cpu, default=default)
+    return (cpu if platform == "cpu" else default)(*operands)
+
+
 def pad_hw(x, padding):
     """Zero-pad the spatial axes of NHWC `x`; padding = ((lo, hi), (lo, hi)), negative crops."""
     return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0)))
@@ -108,12 +118,12 @@ def _single_output_conv_bwd(padding, residuals, dy):
 _single_output_conv.defvjp(_single_output_conv_fwd, _single_output_conv_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_padded_input_grad(x, kernel, stride: int, padding):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_padded_input_grad(x, kernel, stride: int, padding, platform):
     return _lax_conv(x, kernel, stride, padding)
 
 
-def _conv_padded_input_grad_fwd(x, kernel, stride, padding):
+def _conv_padded_input_grad_fwd(x, kernel, stride, padding, platform):
     return _lax_conv(x, kernel, stride, padding), (x, kernel)
 
 
@@ -131,27 +141,27 @@ def _weight_grad_as_conv_of_dy(x, dy, kernel, padding):
     return out[:, ::-1, ::-1, :].transpose(1, 2, 3, 0)
 
 
-def stride1_weight_grad(x, dy, kernel, padding):
+def stride1_weight_grad(x, dy, kernel, padding, *, platform=None):
     """The weight gradient of a stride-1 convolution whose padding is at most k - 1 (layer3_0)."""
-    return lax.platform_dependent(x, dy, cpu=lambda x, dy: _weight_grad_as_conv_of_dy(x, dy, kernel, padding),
-                                  default=lambda x, dy: _weight_grad_from_padded_input(x, dy, kernel, 1, padding))
+    return on_platform(platform, (x, dy), cpu=lambda x, dy: _weight_grad_as_conv_of_dy(x, dy, kernel, padding),
+                       default=lambda x, dy: _weight_grad_from_padded_input(x, dy, kernel, 1, padding))
 
 
-def _conv_padded_input_grad_bwd(stride, padding, residuals, dy):
+def _conv_padded_input_grad_bwd(stride, padding, platform, residuals, dy):
     x, kernel = residuals
     dx = jax.vjp(lambda x: _lax_conv(x, kernel, stride, padding), x)[1](dy)[0]
     if stride != 1 or any(k - 1 - p < 0 for k, pair in zip(kernel.shape, padding) for p in pair):
         return dx, _weight_grad_from_padded_input(x, dy, kernel, stride, padding)
-    return dx, stride1_weight_grad(x, dy, kernel, padding)
+    return dx, stride1_weight_grad(x, dy, kernel, padding, platform=platform)
 
 
 _conv_padded_input_grad.defvjp(_conv_padded_input_grad_fwd, _conv_padded_input_grad_bwd)
 
 
-def conv(x, kernel, stride: int = 1, padding=0):
+def conv(x, kernel, stride: int = 1, padding=0, platform=None):
     """Convolution, NHWC x HWIO; `padding` zeros on each side, or ((lo, hi), (lo, hi)), negative
-    crops. Computed in the form XLA lowers best for the shape (benchmarks/NOTES.md, CPU attempts
-    6, 7 and 9; 2 cores, batch 100):
+    crops; `platform` as for on_platform. Computed in the form XLA lowers best for the shape
+    (benchmarks/NOTES.md, CPU attempts 6, 7 and 9; 2 cores, batch 100):
 
     - a kernel wider than the output (layer1_1, layer2_0, D's conv_4: 2x2 and 3x3 outputs): one
       matmul over patches. XLA:CPU swaps such a convolution's operands into its generic loop,
@@ -181,44 +191,44 @@ def conv(x, kernel, stride: int = 1, padding=0):
     if any(k > o for k, o in zip(kernel.shape, out)):
         if size[0] * size[1] > kernel.shape[0] * kernel.shape[1]:
             return _padded_patches_conv(x, kernel, stride, padding)
-        return small_input_conv(x, kernel, stride, padding)
+        return small_input_conv(x, kernel, stride, padding, platform=platform)
     if kernel.shape[-1] == 1 and stride == 1:
-        return single_output_conv(x, kernel, padding)
+        return single_output_conv(x, kernel, padding, platform=platform)
     if any(o > n for o, n in zip(out, size)):
-        return _conv_padded_input_grad(x, kernel, stride, padding)
+        return _conv_padded_input_grad(x, kernel, stride, padding, platform)
     return _lax_conv(x, kernel, stride, padding)
 
 
-# The choices of conv() that depend on the backend, one named function each (benchmarks.ab_step
-# swaps them to measure a form on another backend): XLA:CPU's form where it measured faster there,
-# lax's or the patch form elsewhere.
+# The choices of conv() that depend on the backend, one named function each, called with a keyword
+# `platform` (benchmarks.ab_step swaps them to measure a form on another backend): XLA:CPU's form
+# where it measured faster there, lax's or the patch form elsewhere.
 def _padded_patches_conv(x, kernel, stride, padding):
     return _patches_conv(pad_hw(x, padding), kernel, stride)
 
 
-def small_input_conv(x, kernel, stride, padding):
+def small_input_conv(x, kernel, stride, padding, *, platform=None):
     """A convolution whose input has no more pixels than its kernel (layer1_1, layer2_0)."""
-    return lax.platform_dependent(x, kernel, cpu=lambda x, k: _dense_conv(x, k, stride, padding),
-                                  default=lambda x, k: _padded_patches_conv(x, k, stride, padding))
+    return on_platform(platform, (x, kernel), cpu=lambda x, k: _dense_conv(x, k, stride, padding),
+                       default=lambda x, k: _padded_patches_conv(x, k, stride, padding))
 
 
-def single_output_conv(x, kernel, padding):
+def single_output_conv(x, kernel, padding, *, platform=None):
     """A stride-1 convolution to one channel (layer4_3)."""
-    return lax.platform_dependent(x, kernel, cpu=lambda x, k: _single_output_conv(x, k, padding),
-                                  default=lambda x, k: _lax_conv(x, k, 1, padding))
+    return on_platform(platform, (x, kernel), cpu=lambda x, k: _single_output_conv(x, k, padding),
+                       default=lambda x, k: _lax_conv(x, k, 1, padding))
 
 
-def _flax_conv(lhs, rhs, window_strides, padding, **unused):
+def _flax_conv(lhs, rhs, window_strides, padding, platform=None, **unused):
     """nn.Conv's `conv_general_dilated` hook (the models use square strides)."""
     assert window_strides[0] == window_strides[1], window_strides
-    return conv(lhs, rhs, window_strides[0], tuple(map(tuple, padding)))
+    return conv(lhs, rhs, window_strides[0], tuple(map(tuple, padding)), platform)
 
 
-def conv_transpose_dilated(x, kernel, stride: int, pad: int):
+def conv_transpose_dilated(x, kernel, stride: int, pad: int, platform=None):
     """PyTorch's ConvTranspose2d as flax computes it: a stride-1 convolution of the stride-dilated
     input (NHWC) with `kernel` (kh, kw, in, out, PyTorch's weight spatially flipped), `pad` = k-1-p."""
     if stride == 1:
-        return conv(x, kernel, 1, pad)
+        return conv(x, kernel, 1, pad, platform)
     return lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad),) * 2, lhs_dilation=(stride,) * 2,
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
@@ -234,7 +244,7 @@ def _phase(size: int, k: int, stride: int, pad: int, a: int):
     return slice(r, None, stride), (lo, outputs + taps - lo - size - 1)
 
 
-def conv_transpose_phased(x, kernel, stride: int, pad: int):
+def conv_transpose_phased(x, kernel, stride: int, pad: int, platform=None):
     """The same as conv_transpose_dilated, as stride**2 stride-1 convolutions of the undilated input
     (one per output phase, each with only the kernel taps that meet real inputs), interleaved.
 
@@ -252,7 +262,7 @@ def conv_transpose_phased(x, kernel, stride: int, pad: int):
     rows = []
     for taps_h, pad_h in phases[0]:
         rows.append(jnp.stack([
-            conv(x, kernel[taps_h, taps_w], 1, (pad_h, pad_w))
+            conv(x, kernel[taps_h, taps_w], 1, (pad_h, pad_w), platform)
             for taps_w, pad_w in phases[1]], axis=3))
     y = jnp.stack(rows, axis=2)                     # (N, H', stride, W', stride, C)
     n, h, _, w, _, c = y.shape
@@ -273,6 +283,7 @@ class ConvTranspose(nn.Module):
     kernel_init: Any = conv_init
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    platform: str | None = None     # see on_platform
 
     @nn.compact
     def __call__(self, x):
@@ -283,8 +294,8 @@ class ConvTranspose(nn.Module):
         pad, s = k - 1 - self.padding, self.stride
         out_size = ((x.shape[1] - 1) * s + 2 * pad - k + 2, (x.shape[2] - 1) * s + 2 * pad - k + 2)
         if s == 1 or any(n % s for n in out_size):
-            return conv_transpose_dilated(x, kernel, s, pad)
-        return conv_transpose_phased(x, kernel, s, pad)
+            return conv_transpose_dilated(x, kernel, s, pad, self.platform)
+        return conv_transpose_phased(x, kernel, s, pad, self.platform)
 
 
 def _channel_sum_as_dot(a):
@@ -296,7 +307,7 @@ def _channel_sum_as_dot(a):
     return jnp.dot(ones(per_pixel.shape[0]), per_pixel, precision=lax.Precision.HIGHEST)
 
 
-def channel_sum(a):
+def channel_sum(a, *, platform=None):
     """Sum over every axis but the last (channels).
 
     On CPU as a matmul with ones: XLA:CPU rewrites a reduction over more than 32 elements into a
@@ -304,16 +315,15 @@ def channel_sum(a):
     the same 20 MB in ~1 ms (BatchNorm+ReLU forward+backward at 28x28x64: 39 -> 27 ms;
     benchmarks/NOTES.md, CPU attempt 10). Other backends fuse the reduction.
     """
-    return lax.platform_dependent(a, cpu=_channel_sum_as_dot,
-                                  default=lambda a: a.sum(tuple(range(a.ndim - 1))))
+    return on_platform(platform, (a,), cpu=_channel_sum_as_dot, default=lambda a: a.sum(tuple(range(a.ndim - 1))))
 
 
-def _batch_stats(x):
+def _batch_stats(x, *, platform=None):
     """Per-channel mean and biased variance over N, H, W, reduced in at least float32."""
     xs = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     n = x.size // x.shape[-1]
-    mean = channel_sum(xs) / n
-    return mean, channel_sum(jnp.square(xs - mean)) / n
+    mean = channel_sum(xs, platform=platform) / n
+    return mean, channel_sum(jnp.square(xs - mean), platform=platform) / n
 
 
 def _normalize(x, mean, var, scale, bias, epsilon, dtype):
@@ -321,26 +331,26 @@ def _normalize(x, mean, var, scale, bias, epsilon, dtype):
     return ((x - mean.astype(dtype)) * mul.astype(dtype) + bias.astype(dtype)).astype(dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _batch_norm(x, scale, bias, epsilon, dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _batch_norm(x, scale, bias, epsilon, dtype, platform):
     """Train-mode BatchNorm output (batch statistics) with the closed-form gradient: two
     reductions and one elementwise pass, where autodiff through the two-pass variance makes
     XLA:CPU run more (CPU step 1.03 s -> 0.92 s; benchmarks/NOTES.md, CPU attempt 8)."""
-    return _normalize(x, *_batch_stats(x), scale, bias, epsilon, dtype)
+    return _normalize(x, *_batch_stats(x, platform=platform), scale, bias, epsilon, dtype)
 
 
-def _batch_norm_fwd(x, scale, bias, epsilon, dtype):
-    mean, var = _batch_stats(x)
+def _batch_norm_fwd(x, scale, bias, epsilon, dtype, platform):
+    mean, var = _batch_stats(x, platform=platform)
     return _normalize(x, mean, var, scale, bias, epsilon, dtype), (x, mean, var, scale, bias)
 
 
-def _batch_norm_bwd(epsilon, dtype, residuals, dy):
+def _batch_norm_bwd(epsilon, dtype, platform, residuals, dy):
     x, mean, var, scale, bias = residuals
     n = x.size // x.shape[-1]
     rstd = jax.lax.rsqrt(var + epsilon)
     x_hat = (x.astype(mean.dtype) - mean) * rstd
     dy = dy.astype(mean.dtype)
-    sum_dy, sum_dy_x_hat = channel_sum(dy), channel_sum(dy * x_hat)
+    sum_dy, sum_dy_x_hat = channel_sum(dy, platform=platform), channel_sum(dy * x_hat, platform=platform)
     dx = (scale * rstd / n).astype(mean.dtype) * (n * dy - sum_dy - x_hat * sum_dy_x_hat)
     return dx.astype(x.dtype), sum_dy_x_hat.astype(scale.dtype), sum_dy.astype(bias.dtype)
 
@@ -362,6 +372,7 @@ class BatchNorm(nn.Module):
     epsilon: float = 1e-5
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    platform: str | None = None     # see on_platform
 
     @nn.compact
     def __call__(self, x, train: bool):
@@ -376,18 +387,18 @@ class BatchNorm(nn.Module):
             return _normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon, dtype)
         if not self.is_initializing():
             # The same reductions as inside _batch_norm: XLA computes them once.
-            mean, var = jax.lax.stop_gradient(_batch_stats(x))
+            mean, var = jax.lax.stop_gradient(_batch_stats(x, platform=self.platform))
             n, m = x.size // features, self.momentum
             ra_mean.value = m * ra_mean.value + (1 - m) * mean.astype(stats_dtype)
             ra_var.value = m * ra_var.value + (1 - m) * (var * n / max(n - 1, 1)).astype(stats_dtype)
-        return _batch_norm(x, scale, bias, self.epsilon, dtype)
+        return _batch_norm(x, scale, bias, self.epsilon, dtype, self.platform)
 
 
 def _divide_by_runtime_one(activation, like):
     return activation / jax.lax.stop_gradient(like * 0 + 1)
 
 
-def stored_once(activation, like):
+def stored_once(activation, like, *, platform=None):
     """`activation` unchanged, computed so that XLA:CPU stores it once instead of recomputing it.
 
     XLA:CPU fuses cheap elementwise producers into every consumer, so the weight gradient's
@@ -398,8 +409,8 @@ def stored_once(activation, like):
     (6-12 ms), for one division in the pass that stores it (CPU step -4 %; benchmarks/NOTES.md, CPU
     attempt 11). Other backends get the activation as is.
     """
-    return lax.platform_dependent(activation, like, cpu=_divide_by_runtime_one,
-                                  default=lambda activation, like: activation)
+    return on_platform(platform, (activation, like), cpu=_divide_by_runtime_one,
+                       default=lambda activation, like: activation)
 
 
 class ConvBNReLU(nn.Module):
@@ -410,19 +421,21 @@ class ConvBNReLU(nn.Module):
     transpose: bool = False
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    platform: str | None = None     # see on_platform
 
     @nn.compact
     def __call__(self, x, train: bool):
         k, p = self.kernel, (self.kernel - 1) // 2
         if self.transpose:
             x = ConvTranspose(self.features, k, self.stride, p, dtype=self.dtype,
-                              param_dtype=self.param_dtype, name="conv")(x)
+                              param_dtype=self.param_dtype, platform=self.platform, name="conv")(x)
         else:
             x = nn.Conv(self.features, (k, k), (self.stride, self.stride), padding=((p, p), (p, p)),
-                        use_bias=False, kernel_init=conv_init, conv_general_dilated=_flax_conv,
+                        use_bias=False, kernel_init=conv_init,
+                        conv_general_dilated=functools.partial(_flax_conv, platform=self.platform),
                         dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
-        y = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="bn")(x, train)
-        return stored_once(nn.relu(y), x)
+        y = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, platform=self.platform, name="bn")(x, train)
+        return stored_once(nn.relu(y), x, platform=self.platform)
 
 
 # (name, features, kernel, stride, transpose) in the tutorial's order.
@@ -439,10 +452,12 @@ DISCRIMINATOR_BLOCKS: Sequence[tuple] = (
 
 
 class Generator(nn.Module):
-    """z (N, latent_dim) or (N, 1, 1, latent_dim) -> images (N, 28, 28, 1) in [-1, 1] (Tanh)."""
+    """z (N, latent_dim) or (N, 1, 1, latent_dim) -> images (N, 28, 28, 1) in [-1, 1] (Tanh).
+    `platform`: where its programs run, if known when tracing (see on_platform)."""
     latent_dim: int = 10
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    platform: str | None = None
 
     @nn.compact
     def __call__(self, z, train: bool = True):
@@ -454,24 +469,26 @@ class Generator(nn.Module):
         x = z.astype(self.dtype or z.dtype)
         for name, features, kernel, stride, transpose in GENERATOR_BLOCKS:
             x = ConvBNReLU(features, kernel, stride, transpose, self.dtype, self.param_dtype,
-                           name=name)(x, train)
+                           self.platform, name=name)(x, train)
         x = nn.Conv(1, (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_init,
-                    conv_general_dilated=_flax_conv, bias_init=torch_default_uniform(64 * 3 * 3),
+                    conv_general_dilated=functools.partial(_flax_conv, platform=self.platform),
+                    bias_init=torch_default_uniform(64 * 3 * 3),
                     dtype=self.dtype, param_dtype=self.param_dtype, name="layer4_3")(x)
         return jnp.tanh(x)
 
 
 class Discriminator(nn.Module):
-    """images (N, 28, 28, 1) -> logits (N, 2); index 1 is "real"."""
+    """images (N, 28, 28, 1) -> logits (N, 2); index 1 is "real". `platform` as for Generator."""
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    platform: str | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = True):
         x = x.astype(self.dtype or x.dtype)
         for name, features, kernel, stride, transpose in DISCRIMINATOR_BLOCKS:
             x = ConvBNReLU(features, kernel, stride, transpose, self.dtype, self.param_dtype,
-                           name=name)(x, train)
+                           self.platform, name=name)(x, train)
         x = x.mean(axis=(1, 2))  # AdaptiveAvgPool2d(1) + flatten
         return nn.Dense(2, kernel_init=torch_default_uniform(64), bias_init=torch_default_uniform(64),
                         dtype=self.dtype, param_dtype=self.param_dtype, name="fc")(x)

@@ -41,6 +41,7 @@ class DataParallel:
         self.num_devices = len(devices)
         # One device in this process: the core's epoch runner, exactly as without a mesh.
         self.single = self.num_devices == 1 and jax.process_count() == 1
+        self.platform = devices[0].platform
         self._step = jax.jit(self._gather_step, in_shardings=self.replicated, out_shardings=self.replicated,
                              **STEP_JIT_KWARGS)
         self._plan = jax.jit(self._plan_fn, static_argnums=(1, 2, 3), out_shardings=self.replicated)
@@ -120,7 +121,7 @@ class DataParallel:
 
     def _gather_step(self, state, images, idx, step_keys, i):
         batch = jax.lax.with_sharding_constraint(images[idx[i]], self.batch_sharding)
-        return _train_step(state, batch, jax.random.wrap_key_data(step_keys[i]))
+        return _train_step(state, batch, jax.random.wrap_key_data(step_keys[i]), self.platform)
 
     def _scan_fn(self, state, images, key_data):
         cfg = state.config

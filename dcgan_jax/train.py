@@ -57,10 +57,25 @@ def param_dtype(config: Config):
     return jnp.float64 if config.dtype == "float64" else jnp.float32
 
 
-def build_models(config: Config):
+def build_models(config: Config, platform: Optional[str] = None):
+    """The generator and discriminator for `config`; `platform` (where they run, if known; see
+    models.on_platform) only chooses how their convolutions and reductions are computed."""
     dtype, pdtype = _COMPUTE[config.dtype], param_dtype(config)
-    return (Generator(config.latent_dim, dtype=dtype, param_dtype=pdtype),
-            Discriminator(dtype=dtype, param_dtype=pdtype))
+    return (Generator(config.latent_dim, dtype=dtype, param_dtype=pdtype, platform=platform),
+            Discriminator(dtype=dtype, param_dtype=pdtype, platform=platform))
+
+
+def platform_of(*arrays) -> Optional[str]:
+    """The platform ("cpu", "gpu", ...) a jitted call on `arrays` runs on, if they say so: committed
+    jax Arrays, or ShapeDtypeStructs with a sharding, on one kind of device. None otherwise
+    (tracers, host arrays), which leaves each platform-dependent choice to lowering."""
+    platforms = set()
+    for x in arrays:
+        sharding = None if isinstance(x, jax.core.Tracer) else getattr(x, "sharding", None)
+        if sharding is None:
+            return None
+        platforms |= {d.platform for d in sharding.device_set}
+    return platforms.pop() if len(platforms) == 1 else None
 
 
 def lr_schedule(config: Config, updates_per_epoch: int) -> optax.Schedule:
@@ -124,9 +139,9 @@ def noise(key, config: Config, n: int):
     return jax.random.normal(key, (n, config.latent_dim), param_dtype(config))
 
 
-def _train_step(state: TrainState, real_batch, key):
+def _train_step(state: TrainState, real_batch, key, platform: Optional[str] = None):
     config = state.config
-    generator, discriminator = build_models(config)
+    generator, discriminator = build_models(config, platform)
     g_tx, d_tx = build_optimizers(config)
     real = scale_images(real_batch, config)
     n = real.shape[0]
@@ -197,13 +212,19 @@ def _train_step(state: TrainState, real_batch, key):
 
 
 # Not donating: callers may reuse `state` (purity tests, parity). The scanned epoch donates.
-train_step: Callable = jax.jit(_train_step, **STEP_JIT_KWARGS)
-train_step.__doc__ = """One training iteration: (state, real_batch, key) -> (state, metrics).
+jitted_train_step: Callable = jax.jit(_train_step, static_argnames="platform", **STEP_JIT_KWARGS)
 
-real_batch: (N, 28, 28, 1) uint8 pixels (scaled by config.data_range) or floats already scaled.
-key: the noise for this iteration is drawn from it (split across the d_steps fake batches).
-metrics: loss_d, loss_g, d_real (mean D(x)), d_fake (mean D(G(z)) in the D step), float32.
-"""
+
+def train_step(state: TrainState, real_batch, key):
+    """One training iteration: (state, real_batch, key) -> (state, metrics), jitted.
+
+    real_batch: (N, 28, 28, 1) uint8 pixels (scaled by config.data_range) or floats already scaled.
+    key: the noise for this iteration is drawn from it (split across the d_steps fake batches).
+    metrics: loss_d, loss_g, d_real (mean D(x)), d_fake (mean D(G(z)) in the D step), float32.
+    Traced for the platform the arrays are on (platform_of): the program a platform-independent
+    trace lowers to, in 0.6 of the tracing time.
+    """
+    return jitted_train_step(state, real_batch, key, platform=platform_of(state.step, real_batch))
 
 
 def epoch_plan(key, num_examples: int, steps: int, batch_size: int):
@@ -216,11 +237,11 @@ def epoch_plan(key, num_examples: int, steps: int, batch_size: int):
 _epoch_plan = jax.jit(epoch_plan, static_argnums=(1, 2, 3))
 
 
-@functools.partial(jax.jit, donate_argnums=0, **STEP_JIT_KWARGS)
-def _scan_epoch(state: TrainState, images, key):
+@functools.partial(jax.jit, donate_argnums=0, static_argnames="platform", **STEP_JIT_KWARGS)
+def _scan_epoch(state: TrainState, images, key, platform: Optional[str] = None):
     cfg = state.config
     idx, keys = epoch_plan(key, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
-    return jax.lax.scan(lambda s, xs: _train_step(s, images[xs[0]], xs[1]), state, (idx, keys))
+    return jax.lax.scan(lambda s, xs: _train_step(s, images[xs[0]], xs[1], platform), state, (idx, keys))
 
 
 def resolve_loop(loop: str) -> str:
@@ -237,13 +258,13 @@ def train_epoch(state: TrainState, images, key, loop: Optional[str] = None,
     called after each step in "steps" mode (it costs a device sync per step).
     """
     cfg = state.config
-    loop = resolve_loop(loop or cfg.loop)
+    loop, platform = resolve_loop(loop or cfg.loop), platform_of(state.step, images)
     if loop == "scan":
-        return _scan_epoch(state, images, key)
+        return _scan_epoch(state, images, key, platform)
     idx, keys = _epoch_plan(key, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
     history = []
     for i in range(cfg.steps_per_epoch):
-        state, metrics = train_step(state, images[idx[i]], keys[i])
+        state, metrics = jitted_train_step(state, images[idx[i]], keys[i], platform=platform)
         history.append(metrics)
         if on_step is not None:
             on_step(i, metrics)
@@ -255,12 +276,12 @@ def compile_epoch(state: TrainState, images, key, loop: Optional[str] = None):
     jitted functions keep them, so the epoch then starts at once. `state` may be abstract
     (ShapeDtypeStructs, with the shardings the real state will have), so a caller can compile
     while the networks initialise (run.fit does)."""
-    cfg = state.config
+    cfg, platform = state.config, platform_of(state.step, images)
     if resolve_loop(loop or cfg.loop) == "scan":
-        _scan_epoch.lower(state, images, key).compile()
+        _scan_epoch.lower(state, images, key, platform).compile()
         return
     idx, keys = _epoch_plan(key, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
-    train_step.lower(state, images[idx[0]], keys[0]).compile()
+    jitted_train_step.lower(state, images[idx[0]], keys[0], platform=platform).compile()
 
 
 @functools.partial(jax.jit, static_argnames=("config", "bn"))

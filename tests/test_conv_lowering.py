@@ -61,26 +61,21 @@ def test_phased_rejects_output_not_divisible_by_stride():
 # (layer1_1, layer2_0, D's conv_4), split gradients where padded (layer3_0, the 3x3 layers, D's
 # strided layers), plain lax otherwise; each must be the textbook convolution, values and gradients.
 # One output channel (layer4_3): a matmul to per-tap planes.
-# The forms chosen per backend are checked both ways: as lowered here (CPU) and with every
-# lax.platform_dependent taking its default branch, the form other backends compile.
-@pytest.fixture(params=["this backend's forms", "other backends' forms"])
-def backend_forms(request, monkeypatch):
-    if request.param.startswith("other"):
-        monkeypatch.setattr(jax.lax, "platform_dependent", lambda *args, default, **per_platform: default(*args))
-
-
+# The forms chosen per platform are checked both ways, each run here: XLA:CPU's, and the ones
+# other platforms compile.
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])
 @pytest.mark.parametrize("n,k,s,p,c_out", [(2, 3, 1, 1, 4), (2, 4, 1, 2, 4), (4, 3, 2, 1, 4), (6, 4, 1, 2, 4),
                                            (14, 3, 1, 1, 4), (14, 3, 2, 1, 4), (7, 3, 2, 1, 4), (5, 3, 1, 0, 4),
                                            (7, 3, 1, 1, 1), (6, 4, 1, 2, 1), (5, 3, 1, 0, 1), (7, 3, 2, 1, 1)])
-def test_conv_forms_equal_lax(x64, backend_forms, n, k, s, p, c_out):
+def test_conv_forms_equal_lax(x64, platform, n, k, s, p, c_out):
     rng = np.random.default_rng(n * 100 + k * 10 + p)
     x, kernel = jnp.asarray(rng.standard_normal((2, n, n, 3))), jnp.asarray(rng.standard_normal((k, k, 3, c_out)))
 
     def reference(x, kernel):
         return jax.lax.conv_general_dilated(x, kernel, (s, s), ((p, p), (p, p)),
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(conv(x, kernel, s, p), reference(x, kernel), rtol=1e-12, atol=1e-12)
-    grads = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, s, p))), (0, 1))(x, kernel)
+    np.testing.assert_allclose(conv(x, kernel, s, p, platform), reference(x, kernel), rtol=1e-12, atol=1e-12)
+    grads = jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, s, p, platform))), (0, 1))(x, kernel)
     expected = jax.grad(lambda x, w: jnp.sum(jnp.sin(reference(x, w))), (0, 1))(x, kernel)
     for g, e in zip(grads, expected):
         np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-12)
@@ -102,12 +97,13 @@ def test_stored_once_is_the_identity_bit_for_bit(dtype):
     assert np.array_equal(np.asarray(grad).view(np.uint8), np.asarray(a).view(np.uint8))
 
 
-def test_channel_sum_equals_a_float64_sum(x64):
+@pytest.mark.parametrize("platform", ["cpu", "gpu"])
+def test_channel_sum_equals_a_float64_sum(x64, platform):
     rng = np.random.default_rng(1)
     a = rng.standard_normal((100, 7, 7, 5)) * 3 + 2
     expected = a.sum((0, 1, 2))
-    np.testing.assert_allclose(channel_sum(jnp.asarray(a)), expected, rtol=1e-13)
-    np.testing.assert_allclose(channel_sum(jnp.asarray(a, jnp.float32)), expected, rtol=2e-6)
+    np.testing.assert_allclose(channel_sum(jnp.asarray(a), platform=platform), expected, rtol=1e-13)
+    np.testing.assert_allclose(channel_sum(jnp.asarray(a, jnp.float32), platform=platform), expected, rtol=2e-6)
 
 
 def lowered_ops(f, *args, platform: str) -> collections.Counter:

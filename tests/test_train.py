@@ -1,4 +1,5 @@
 """Training functions: purity, keys, epoch loop strategies, order/k options, schedule, dtypes."""
+import collections
 import re
 
 import jax
@@ -8,7 +9,7 @@ import optax
 import pytest
 
 from dcgan_jax import Config, create_train_state, learning_rate, train_epoch, train_step
-from dcgan_jax.train import build_optimizers, lr_schedule, scale_images
+from dcgan_jax.train import build_optimizers, jitted_train_step, lr_schedule, platform_of, scale_images
 
 BATCH = 8
 
@@ -48,9 +49,13 @@ def test_train_step_is_pure_key_driven_and_counts_d_steps(state, images):
     assert counts(s1.g_opt) == {1} and counts(s1.d_opt) == {2}
 
 
-def test_scanned_epoch_equals_loop_of_steps(images):
+def test_scanned_epoch_equals_loop_of_steps(images, monkeypatch):
     """Same batches and keys either way. Different programs round differently in float32, so
     compare in float64 (../shared/REFERENCE.md, parity notes)."""
+    from dcgan_jax import train
+    platforms, step = [], train.jitted_train_step
+    monkeypatch.setattr(train, "jitted_train_step",
+                        lambda *a, platform: platforms.append(platform) or step(*a, platform=platform))
     with jax.enable_x64(True):
         config = Config(batch_size=4, steps_per_epoch=2, dtype="float64").for_dataset(32)
         state = create_train_state(config, jax.random.key(0))
@@ -62,6 +67,7 @@ def test_scanned_epoch_equals_loop_of_steps(images):
         for i in range(2):
             manual, _ = train_step(manual, images[idx[i]], keys[i])
         assert leaves_equal(looped, manual)            # the loop is exactly these train_step calls
+        assert platforms == [jax.devices()[0].platform] * 4  # each traced for where it runs
         scanned, m_scan = train_epoch(state, images, key, loop="scan")
         for a, b in zip(jax.tree.leaves((looped, m_loop)), jax.tree.leaves((scanned, m_scan))):
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
@@ -106,9 +112,37 @@ def test_cpu_step_keeps_convolutions_out_of_ynnpack(state, images):
     from dcgan_jax.train import STEP_COMPILER_OPTIONS, _jaxlib_version
     if jax.default_backend() != "cpu" or _jaxlib_version() < (0, 9):
         pytest.skip("the option exists for XLA:CPU from jaxlib 0.9")
-    hlo = train_step.lower(state, images[:BATCH], jax.random.key(1)).compile().as_text()
+    hlo = jitted_train_step.lower(state, images[:BATCH], jax.random.key(1), platform="cpu").compile().as_text()
     assert STEP_COMPILER_OPTIONS and " convolution(" in hlo
     assert ynnpack_convolutions(hlo) == 0
+
+
+def test_platform_of_says_where_a_call_runs_only_when_its_arrays_do():
+    x, here = jnp.ones(2), jax.devices()[0].platform
+    assert platform_of(x, x) == here
+    assert platform_of(jax.ShapeDtypeStruct((2,), jnp.float32, sharding=x.sharding), x) == here
+    assert platform_of(x, np.ones(2)) is None
+    assert platform_of(jax.ShapeDtypeStruct((2,), jnp.float32)) is None
+    seen = []
+    jax.jit(lambda x: seen.append(platform_of(x)) or x)(x)
+    assert seen == [None]
+
+
+def test_a_step_traced_for_its_platform_is_the_platform_independent_program(state, images):
+    """train_epoch traces the step for the platform it runs on, so that none of lax.platform_dependent's
+    choices (XLA:CPU's forms or the others') is traced twice: the program must be the one the
+    platform-independent trace lowers to, for the CPU and for a GPU (lowered without one)."""
+    batch, key = images[:BATCH], jax.random.key(1)
+    wrapper_ops = {"case", "return", "constant", "broadcast_in_dim"}  # platform_dependent's own
+
+    def ops(platform, lowering):
+        traced = jitted_train_step.trace(state, batch, key, platform=platform)
+        assert ("platform_index" in str(traced.jaxpr)) == (platform is None)
+        text = traced.lower(lowering_platforms=(lowering,)).as_text()
+        return collections.Counter(op for op in re.findall(r"stablehlo\.(\w+)", text) if op not in wrapper_ops)
+    cpu, gpu = ops("cpu", "cpu"), ops("gpu", "cuda")
+    assert cpu == ops(None, "cpu") and gpu == ops(None, "cuda")
+    assert cpu != gpu and cpu["dot_general"] > gpu["dot_general"]  # each got its own forms
 
 
 def test_configs_that_differ_in_training_settings_share_one_init_program(state):
