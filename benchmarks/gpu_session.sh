@@ -38,7 +38,7 @@ bench() { local limit=$1 name=$2 variants=$3; shift 3   # 2 epochs: the first co
 reference_runs() { local limit=$1; rm -rf /tmp/dcgan_cache   # the CLI from process start, cold then warm cache
   for start in cold warm; do
     section "reference run, $REF_EPOCHS epochs, compile cache $start"
-    run "$limit" $PY -m benchmarks.reference_run /tmp/dcgan_cache --preset reference --data-dir "$DATA_DIR" \
+    run "$limit" $PY -m benchmarks.reference_run /tmp/dcgan_cache --timeline --preset reference --data-dir "$DATA_DIR" \
       --epochs "$REF_EPOCHS" --steps-per-epoch "$REF_STEPS" --no-progress --overwrite --out /tmp/ref_$start
   done; }
 
@@ -97,8 +97,9 @@ run 200 $PY -m benchmarks.ab_step benchmarks/ab_variants_gpu.py --loop $loop --s
   --batch-size "${AB_BATCH:-100}"
 
 # The overlapped epochs took 2.0-2.3 s instead of 1.7 (session 4): is it the checkpoints' transfers?
+# (--timeline: per epoch, how long the loop waited for the device and what the host did meanwhile)
 section "reference run, warm cache, one checkpoint (the last epoch's) instead of one per epoch"
-run 100 $PY -m benchmarks.reference_run /tmp/dcgan_cache --preset reference --data-dir "$DATA_DIR" \
+run 100 $PY -m benchmarks.reference_run /tmp/dcgan_cache --timeline --preset reference --data-dir "$DATA_DIR" \
   --epochs "$REF_EPOCHS" --steps-per-epoch "$REF_STEPS" --no-progress --overwrite --out /tmp/ref_ckpt_last \
   --checkpoint-every "$REF_EPOCHS"
 
