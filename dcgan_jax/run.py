@@ -168,7 +168,9 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
                         "lr": learning_rate(config, epoch), "seconds": seconds})
         steps_so_far = {k: np.concatenate(v) for k, v in history.items()}
         save = epoch % checkpoint_every == 0 or epoch == config.epochs
-        samples = generate(state, fixed_z, bn=config.samples_bn) if primary else None
+        # Everything the device computes for this epoch's outputs is queued before the next epoch:
+        # an op queued after it would wait for it (one stream), and the writes below with it.
+        samples = to_unit_range(generate(state, fixed_z, bn=config.samples_bn), config) if primary else None
         snapshot = state
         if overlap and epoch < config.epochs:
             if save:  # the next epoch donates `state`'s buffers
@@ -178,7 +180,7 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
             checkpoints.save(epoch, snapshot, records, steps_so_far, num_examples=len(data.images),
                              data_source=data.source)
         if primary:
-            samples = dp.to_host(to_unit_range(samples, config))
+            samples = dp.to_host(samples)
             outputs.save_grid(os.path.join(run_dir, "samples", f"epoch_{epoch:03d}.png"), samples)
             outputs.write_metrics(run_dir, records)
             outputs.write_step_metrics(run_dir, steps_so_far)

@@ -148,17 +148,26 @@ def test_deterministic_flag_sets_xlas_gpu_flag_before_jax_starts(monkeypatch, ca
     assert os.environ["XLA_FLAGS"] == "--xla_dump_to=/tmp/x --xla_gpu_deterministic_ops=true"
 
 
-def test_scanned_run_checkpoints_each_epochs_own_state(data_dir, tmp_path):
+def test_scanned_run_checkpoints_each_epochs_own_state(data_dir, tmp_path, monkeypatch):
     """With loop='scan' fit starts epoch e+1 before writing epoch e (the next epoch donates the
-    state): every checkpoint and the final weights must still be the state after their epoch."""
+    state): every checkpoint and the final weights must still be the state after their epoch,
+    and epoch e's samples must be computed before epoch e+1 is queued (on a GPU stream, after it,
+    they would wait for it)."""
     import jax
+    from dcgan_jax import run
     from dcgan_jax.checkpoints import state_digest
     from dcgan_jax.data import load_mnist
     from dcgan_jax.outputs import load_variables
+    from dcgan_jax.parallel import DataParallel
     from dcgan_jax.train import create_train_state, epoch_key, run_keys, train_epoch
+    calls = []
+    for owner, name in ((run, "to_unit_range"), (DataParallel, "train_epoch")):
+        original = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     config = preset("quick", data_dir=data_dir, loop="scan", **RUN)
     out = str(tmp_path / "scan")
     fit(config, out, progress=False, log=lambda _: None)
+    assert calls == ["train_epoch", "to_unit_range"] * config.epochs
     images = jax.device_put(load_mnist("train", data_dir).images)
     config = config.for_dataset(len(images))
     init_key, _, train_key = run_keys(config.seed)
