@@ -300,6 +300,12 @@ def generate(state: TrainState, z, bn: str = "batch"):
     return generator_output(state.config, state.generator_variables, z, bn)
 
 
+def compile_generate(state: TrainState, z, bn: str = "batch"):
+    """Compile the program generate(state, z, bn) runs, without running it; `state` may be
+    abstract (as for compile_epoch)."""
+    generator_output.lower(state.config, state.generator_variables, z, bn).compile()
+
+
 def to_unit_range(images, config: Config):
     """Generator output -> [0, 1] for display, undoing the configured data scaling."""
     if config.data_range == "minus_one_one":

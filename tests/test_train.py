@@ -164,9 +164,9 @@ def test_gpu_epoch_program_lowers_without_a_gpu(state, images):
 
 
 def test_fit_compiles_the_first_epoch_once_while_initialising(tmp_path, caplog):
-    """fit compiles the first epoch's step in a second thread while the networks initialise; the
-    epoch must then run that program, not compile one of its own (as it would if the abstract
-    state's shardings differed from the real state's)."""
+    """fit compiles the first epoch's step and the sampling program in other threads while the
+    networks initialise; the epoch and the samples must then run those programs, not compile
+    their own (as they would if the abstract state's shardings differed from the real state's)."""
     from dcgan_jax.data import Dataset
     from dcgan_jax.run import fit
     images = np.random.default_rng(0).integers(0, 256, (12, 28, 28, 1), dtype=np.uint8)
@@ -178,5 +178,6 @@ def test_fit_compiles_the_first_epoch_once_while_initialising(tmp_path, caplog):
                 data=Dataset(images, np.zeros(12, np.uint8), "test", None))
     finally:
         jax.config.update("jax_log_compiles", False)
-    compiles = [r.threadName for r in caplog.records if "XLA compilation of jit(_train_step)" in r.getMessage()]
-    assert len(compiles) == 1 and compiles[0].startswith("compile_epoch"), compiles
+    for program in ("_train_step", "generator_output"):
+        compiles = [r.threadName for r in caplog.records if f"XLA compilation of jit({program})" in r.getMessage()]
+        assert len(compiles) == 1 and compiles[0].startswith("compile"), (program, compiles)
