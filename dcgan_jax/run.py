@@ -25,6 +25,10 @@ from .train import (TrainState, compile_generate, create_train_state, epoch_key,
 
 FINAL_FILES = ("losses.png", "generator.msgpack", "discriminator.msgpack")
 
+# One program for the whole copy: eagerly, each array shape is a program to compile (or fetch from
+# the compile cache) before the next epoch can start (0.3 s cold on the CPU, 0.06 s as one).
+_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or Inf; the message names the step and the last good checkpoint."""
@@ -175,7 +179,7 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
         snapshot = state
         if overlap and epoch < config.epochs:
             if save:  # the next epoch donates `state`'s buffers
-                snapshot = jax.tree.map(jnp.copy, state)
+                snapshot = _copy(state)
             running = start_epoch(state, epoch + 1)
         if save:
             checkpoints.save(epoch, snapshot, records, steps_so_far, num_examples=len(data.images),
