@@ -66,15 +66,17 @@ def build_models(config: Config, platform: Optional[str] = None):
 
 
 def platform_of(*arrays) -> Optional[str]:
-    """The platform ("cpu", "gpu", ...) a jitted call on `arrays` runs on, if they say so: committed
-    jax Arrays, or ShapeDtypeStructs with a sharding, on one kind of device. None otherwise
-    (tracers, host arrays), which leaves each platform-dependent choice to lowering."""
+    """The platform ("cpu", "gpu", ...) a jitted call on `arrays` runs on, where their jax Arrays
+    (or ShapeDtypeStructs with a sharding) all lie on one kind of device; host arrays go where
+    those are. None (each platform-dependent choice left to lowering) under a trace, or where no
+    argument or more than one platform says."""
     platforms = set()
     for x in arrays:
-        sharding = None if isinstance(x, jax.core.Tracer) else getattr(x, "sharding", None)
-        if sharding is None:
+        if isinstance(x, jax.core.Tracer):
             return None
-        platforms |= {d.platform for d in sharding.device_set}
+        sharding = getattr(x, "sharding", None)
+        if sharding is not None:
+            platforms |= {d.platform for d in sharding.device_set}
     return platforms.pop() if len(platforms) == 1 else None
 
 

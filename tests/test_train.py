@@ -121,8 +121,8 @@ def test_platform_of_says_where_a_call_runs_only_when_its_arrays_do():
     x, here = jnp.ones(2), jax.devices()[0].platform
     assert platform_of(x, x) == here
     assert platform_of(jax.ShapeDtypeStruct((2,), jnp.float32, sharding=x.sharding), x) == here
-    assert platform_of(x, np.ones(2)) is None
-    assert platform_of(jax.ShapeDtypeStruct((2,), jnp.float32)) is None
+    assert platform_of(x, np.ones(2)) == here                     # a host array goes where x is
+    assert platform_of(np.ones(2)) is None and platform_of(jax.ShapeDtypeStruct((2,), jnp.float32)) is None
     seen = []
     jax.jit(lambda x: seen.append(platform_of(x)) or x)(x)
     assert seen == [None]
