@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from .config import ConfigError
-from .train import (STEP_JIT_KWARGS, TrainState, _train_step, compile_epoch, epoch_plan, resolve_loop,
+from .train import (STEP_JIT_KWARGS, TrainState, _stack, _train_step, compile_epoch, epoch_plan, resolve_loop,
                     train_epoch)
 
 
@@ -98,7 +98,7 @@ class DataParallel:
             history.append(metrics)
             if on_step is not None:
                 on_step(i, metrics)
-        return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
+        return state, _stack(history)
 
     def compile_epoch(self, state: TrainState, images, key, loop: Optional[str] = None):
         """train.compile_epoch over the mesh: compile what train_epoch runs, run nothing.
@@ -111,8 +111,9 @@ class DataParallel:
         if loop == "scan":
             self._scan.lower(state, images, key_data).compile()
             return
-        idx, step_keys = self._plan(key_data, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
-        self._step.lower(state, images, idx, step_keys, np.int32(0)).compile()
+        plan = self._plan.lower(key_data, images.shape[0], cfg.steps_per_epoch, cfg.batch_size).compile()
+        step = self._step.lower(state, images, *plan.out_info, np.int32(0)).compile()
+        _stack.lower([step.out_info[1]] * cfg.steps_per_epoch).compile()
 
     @staticmethod
     def _plan_fn(key_data, num_examples, steps, batch_size):

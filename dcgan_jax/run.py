@@ -20,7 +20,7 @@ from .config import Config, ConfigError
 from .data import Dataset, load_mnist
 from .parallel import DataParallel
 from .train import (TrainState, compile_generate, create_train_state, epoch_key, generate, learning_rate,
-                    noise, resolve_loop, run_keys, to_unit_range)
+                    noise, resolve_loop, run_keys)
 
 
 FINAL_FILES = ("losses.png", "generator.msgpack", "discriminator.msgpack")
@@ -110,19 +110,19 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
             raise CheckpointError(f"{os.path.join(run_dir, 'config.json')}: {'; '.join(conflicts)} "
                                   f"(a resumed run keeps its config)")
     loop = resolve_loop(config.loop)
-    init_key, sample_key, train_key = run_keys(config.seed)
-    images = dp.replicate(data.images)
-    fixed_z = dp.replicate(noise(sample_key, config, config.num_samples))
+    # A scanned epoch is one asynchronous dispatch: the next one starts before this one's
+    # checkpoint, samples and logs are written (~0.8 s per 1.7 s epoch on an H100), so the device
+    # trains meanwhile; the 20-epoch run is 5 s shorter (benchmarks/NOTES.md). Steps keep the order.
+    overlap = loop == "scan"
     if restored:
-        state, records, start = restored.state, list(restored.records), restored.epoch + 1
+        records, start = list(restored.records), restored.epoch + 1
         history = {k: [restored.history[k]] for k in outputs.METRIC_KEYS}
-        initialised = None
     else:
-        state, initialised = _initialise_and_compile(config, init_key, dp, images, epoch_key(train_key, 1), loop,
-                                                     fixed_z if primary else None)
         records, start = [], 1
         history = {k: [] for k in outputs.METRIC_KEYS}
     finished = start > config.epochs
+    state, images, fixed_z, train_key, learning_rates, initialised = _start(
+        config, dp, data, restored.state if restored else None, None if finished else start, loop)
     if finished and all(os.path.exists(os.path.join(run_dir, f)) for f in FINAL_FILES):
         checkpoints.close()
         log(f"{run_dir} already finished: epoch {start - 1} of {config.epochs} is checkpointed; nothing to do")
@@ -145,11 +145,6 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
             f"{config.batch_size} per epoch, epochs {start}..{config.epochs}, order {config.order}, "
             f"dtype {config.dtype}, loop {loop} on {dp.num_devices} {jax.default_backend()} device(s)")
 
-    # A scanned epoch is one asynchronous dispatch: the next one starts before this one's
-    # checkpoint, samples and logs are written (~0.8 s per 1.7 s epoch on an H100), so the device
-    # trains meanwhile; the 20-epoch run is 5 s shorter (benchmarks/NOTES.md). Steps keep the order.
-    overlap = loop == "scan"
-
     def start_epoch(state, epoch, begin=None):
         bar = _progress_bar(epoch, config, progress and primary and loop == "steps")
         begin = begin or time.perf_counter()
@@ -157,7 +152,7 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
                                             on_step=bar and bar.on_step)
         return begin, bar, new_state, metrics
 
-    running = start_epoch(state, start, initialised) if start <= config.epochs else None
+    running = None if finished else start_epoch(state, start, initialised)
     for epoch in range(start, config.epochs + 1):
         begin, bar, new_state, metrics = running
         metrics = dp.to_host(metrics)
@@ -170,12 +165,12 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
             history[k].append(np.asarray(metrics[k]))
         records.append({"epoch": epoch,
                         **{k: float(np.mean(metrics[k], dtype=np.float64)) for k in outputs.METRIC_KEYS},
-                        "lr": learning_rate(config, epoch), "seconds": seconds})
+                        "lr": learning_rates[epoch - 1], "seconds": seconds})
         steps_so_far = {k: np.concatenate(v) for k, v in history.items()}
         save = epoch % checkpoint_every == 0 or epoch == config.epochs
         # Everything the device computes for this epoch's outputs is queued before the next epoch:
         # an op queued after it would wait for it (one stream), and the writes below with it.
-        samples = to_unit_range(generate(state, fixed_z, bn=config.samples_bn), config) if primary else None
+        samples = generate(state, fixed_z, config.samples_bn, unit_range=True) if primary else None
         snapshot = state
         if overlap and epoch < config.epochs:
             if save:  # the next epoch donates `state`'s buffers
@@ -204,30 +199,36 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
     return state
 
 
-def _initialise_and_compile(config: Config, init_key, dp: DataParallel, images, first_epoch_key, loop: str,
-                            fixed_z=None):
-    """(the initial state, the time it was ready), the first epoch's programs compiled meanwhile
-    in a second thread, and the sampling program (for `fixed_z`, if given) in a third: compiled
-    after epoch 1, it kept a scanned run's device idle before epoch 2 (1.4 s on the CPU).
+def _start(config: Config, dp: DataParallel, data: Dataset, restored: Optional[TrainState], first_epoch: Optional[int],
+           loop: str):
+    """What the epochs need: (state, images, fixed noise, training key, learning rate per epoch,
+    the time the state was ready). Everything the loop runs from `first_epoch` on (None: nothing
+    is left to run) compiles meanwhile in two other threads, so that nothing compiles between two
+    epochs, where a cold start would keep the device idle.
 
-    On a cold start both are XLA compilations (the init's ~80 random initialisers, the epoch's
-    step) that would otherwise run one after the other: overlapped, the CLI's quick preset runs
-    26.2 -> 24.0 s from process start to exit on the 2-core CPU (compile cache off, median of 5;
-    NOTES.md), and a host with more cores (a GPU machine) overlaps more. Warm (compile cache
-    hits), what is left of both is Python tracing and lowering, which the GIL serialises: no gain.
-    Epoch 1's seconds count from when the state was ready, as when the compilation followed the
-    init: what is left of its compilation, then the epoch.
+    On a cold start, the init and the epoch's step are the long XLA compilations, overlapped so
+    (benchmarks/NOTES.md); a host with more cores (a GPU machine) overlaps more. Warm (compile
+    cache hits), what is left is Python tracing and lowering, which the GIL serialises. The
+    epoch's seconds count from when the state was ready: what is left of the compilation, then
+    the epoch.
     """
-    abstract = dp.abstract(jax.eval_shape(lambda: create_train_state(config, init_key)))
+    init_key, sample_key, train_key = run_keys(config.seed)
+    images = dp.replicate(data.images)
+    primary = jax.process_index() == 0
     with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="compile") as pool:
-        compiled = [pool.submit(dp.compile_epoch, abstract, images, first_epoch_key, loop)]
-        if fixed_z is not None:
-            compiled.append(pool.submit(compile_generate, abstract, fixed_z, config.samples_bn))
-        state = dp.replicate(create_train_state(config, init_key))
+        state_type = dp.abstract(jax.eval_shape(lambda key: create_train_state(config, key), init_key))
+        z_type = dp.abstract(jax.eval_shape(lambda key: noise(key, config, config.num_samples), sample_key))
+        compiling = [] if first_epoch is None else [
+            pool.submit(dp.compile_epoch, state_type, images, epoch_key(train_key, first_epoch), loop),
+            *([pool.submit(compile_generate, state_type, z_type, config.samples_bn, True)] if primary else []),
+            *([pool.submit(lambda: _copy.lower(state_type).compile())] if loop == "scan" else [])]
+        fixed_z = dp.replicate(noise(sample_key, config, config.num_samples))
+        learning_rates = [learning_rate(config, epoch) for epoch in range(1, config.epochs + 1)]
+        state = restored if restored is not None else dp.replicate(create_train_state(config, init_key))
         initialised = time.perf_counter()
-        for future in compiled:
+        for future in compiling:
             future.result()
-    return state, initialised
+    return state, images, fixed_z, train_key, learning_rates, initialised
 
 
 def _check_finite(metrics: dict, epoch: int, config: Config, checkpoints: RunCheckpoints):

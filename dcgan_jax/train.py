@@ -99,7 +99,14 @@ def build_optimizers(config: Config):
 
 def learning_rate(config: Config, epoch: int) -> float:
     """The learning rate in force during `epoch` (1-based), as the tutorial's StepLR gives it."""
-    return float(lr_schedule(config, config.steps_per_epoch)((epoch - 1) * config.steps_per_epoch))
+    return float(_learning_rate(config, epoch))
+
+
+# One program per config, which fit compiles while starting: run eagerly, the schedule's seven
+# ops each compiled after the first epoch (0.23 s on the CPU), the device idle meanwhile.
+@functools.partial(jax.jit, static_argnames="config")
+def _learning_rate(config: Config, epoch):
+    return lr_schedule(config, config.steps_per_epoch)((epoch - 1) * config.steps_per_epoch)
 
 
 def create_train_state(config: Config, key) -> TrainState:
@@ -107,25 +114,49 @@ def create_train_state(config: Config, key) -> TrainState:
     config = config.validate()
     if config.dtype == "float64" and not jax.config.jax_enable_x64:
         raise ConfigError("dtype='float64' needs jax.config.update('jax_enable_x64', True) first")
-    g_tx, d_tx = build_optimizers(config)  # fails here, not inside jit, on unresolved steps_per_epoch
-    g_vars, d_vars = _init_variables(config.latent_dim, config.dtype, key)
-    return TrainState(step=jnp.zeros((), jnp.int32),
-                      g_params=g_vars["params"], g_stats=g_vars["batch_stats"],
-                      d_params=d_vars["params"], d_stats=d_vars["batch_stats"],
-                      g_opt=g_tx.init(g_vars["params"]), d_opt=d_tx.init(d_vars["params"]),
+    build_optimizers(config)  # fails here, not inside jit, on unresolved steps_per_epoch
+    if platform_of(key) == "cpu":
+        g_vars, d_vars = _cpu_init_program(config.latent_dim, config.dtype, _abstract(key))(key)
+    else:
+        g_vars, d_vars = _init_variables(config.latent_dim, config.dtype, key)
+    step, g_opt, d_opt = _fresh_optimizer_states(config, g_vars["params"], d_vars["params"])
+    return TrainState(step=step, g_params=g_vars["params"], g_stats=g_vars["batch_stats"],
+                      d_params=d_vars["params"], d_stats=d_vars["batch_stats"], g_opt=g_opt, d_opt=d_opt,
                       config=config)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _init_variables(latent_dim: int, dtype: str, key):
-    # Keyed on what the networks depend on, not the whole config: XLA:CPU takes ~10 s to compile
-    # the 80 threefry calls of the init, so configs that differ in training settings share one.
+# One program: eagerly, each of Adam's zero moments is a program of its own to compile (23 of them,
+# ~1 s on the CPU at every cold start).
+@functools.partial(jax.jit, static_argnames="config")
+def _fresh_optimizer_states(config: Config, g_params, d_params):
+    g_tx, d_tx = build_optimizers(config)
+    return jnp.zeros((), jnp.int32), g_tx.init(g_params), d_tx.init(d_params)
+
+
+def _init_variables_fn(latent_dim: int, dtype: str, key):
     generator, discriminator = build_models(Config(latent_dim=latent_dim, dtype=dtype))
     g_key, d_key = jax.random.split(key)
     pdtype = param_dtype(Config(dtype=dtype))
     g_vars = generator.init(g_key, jnp.zeros((1, latent_dim), pdtype), train=False)
     d_vars = discriminator.init(d_key, jnp.zeros((1, 28, 28, 1), pdtype), train=False)
     return g_vars, d_vars
+
+
+# Keyed on what the networks depend on, not the whole config: XLA:CPU takes 7-9 s to compile the
+# 80 threefry calls of the init, so configs that differ in training settings share one.
+_init_variables = jax.jit(_init_variables_fn, static_argnums=(0, 1))
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_init_program(latent_dim: int, dtype: str, key_type: jax.ShapeDtypeStruct):
+    # LLVM at -O2 instead of -O3 compiles the init in 3-3.5 s instead of 7-9, into the same bits
+    # (a test checks), and runs it in 0.036 s instead of 0.032 (benchmarks/NOTES.md). Other
+    # platforms keep their default: nothing there says their bits would stay.
+    return _init_variables.lower(latent_dim, dtype, key_type).compile({"xla_backend_optimization_level": 2})
+
+
+def _abstract(x) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
 
 
 def scale_images(images, config: Config):
@@ -266,46 +297,63 @@ def train_epoch(state: TrainState, images, key, loop: Optional[str] = None,
     idx, keys = _epoch_plan(key, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
     history = []
     for i in range(cfg.steps_per_epoch):
-        state, metrics = jitted_train_step(state, images[idx[i]], keys[i], platform=platform)
+        state, metrics = jitted_train_step(state, *_step_inputs(images, idx, keys, i), platform=platform)
         history.append(metrics)
         if on_step is not None:
             on_step(i, metrics)
-    return state, jax.tree.map(lambda *m: jnp.stack(m), *history)
+    return state, _stack(history)
+
+
+# The step loop's glue as programs, not eager ops: each eager op is one more dispatch per step,
+# and one more compilation that compile_epoch cannot do ahead.
+@jax.jit
+def _step_inputs(images, idx, keys, i):
+    return images[idx[i]], keys[i]
+
+
+@jax.jit
+def _stack(history):
+    return jax.tree.map(lambda *m: jnp.stack(m), *history)
 
 
 def compile_epoch(state: TrainState, images, key, loop: Optional[str] = None):
     """Compile the programs train_epoch(state, images, key, loop) runs, without running them: the
-    jitted functions keep them, so the epoch then starts at once. `state` may be abstract
-    (ShapeDtypeStructs, with the shardings the real state will have), so a caller can compile
-    while the networks initialise (run.fit does)."""
+    jitted functions keep them, so the epoch then starts at once. Any argument may be abstract
+    (ShapeDtypeStructs, with the shardings the real arrays will have), so a caller can compile
+    while it loads and initialises (run.fit does)."""
     cfg, platform = state.config, platform_of(state.step, images)
     if resolve_loop(loop or cfg.loop) == "scan":
         _scan_epoch.lower(state, images, key, platform).compile()
         return
-    idx, keys = _epoch_plan(key, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
-    jitted_train_step.lower(state, images[idx[0]], keys[0], platform=platform).compile()
+    plan = _epoch_plan.lower(key, images.shape[0], cfg.steps_per_epoch, cfg.batch_size).compile()
+    # the plan of an uncommitted key (epoch_key's) is uncommitted too: lowered so, as it is called
+    inputs = _step_inputs.lower(images, *(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in plan.out_info), 0).compile()
+    step = jitted_train_step.lower(state, *inputs.out_info, platform=platform).compile()
+    _stack.lower([step.out_info[1]] * cfg.steps_per_epoch).compile()
 
 
-@functools.partial(jax.jit, static_argnames=("config", "bn"))
-def generator_output(config: Config, generator_variables, z, bn: str = "batch"):
+@functools.partial(jax.jit, static_argnames=("config", "bn", "unit_range"))
+def generator_output(config: Config, generator_variables, z, bn: str = "batch", unit_range: bool = False):
     """G(z) (Tanh range) from generator variables, changing nothing. bn='batch' normalises with
     this batch's statistics (train mode, what the tutorial's sampling did); bn='running' uses the
-    running statistics (eval mode)."""
+    running statistics (eval mode). unit_range=True: mapped to [0, 1] for display (to_unit_range)."""
     generator, _ = build_models(config)
     if bn == "batch":
-        return generator.apply(generator_variables, z, train=True, mutable=["batch_stats"])[0]
-    return generator.apply(generator_variables, z, train=False)
+        images = generator.apply(generator_variables, z, train=True, mutable=["batch_stats"])[0]
+    else:
+        images = generator.apply(generator_variables, z, train=False)
+    return to_unit_range(images, config) if unit_range else images
 
 
-def generate(state: TrainState, z, bn: str = "batch"):
+def generate(state: TrainState, z, bn: str = "batch", unit_range: bool = False):
     """G(z) from a train state, without touching it; see generator_output."""
-    return generator_output(state.config, state.generator_variables, z, bn)
+    return generator_output(state.config, state.generator_variables, z, bn, unit_range)
 
 
-def compile_generate(state: TrainState, z, bn: str = "batch"):
-    """Compile the program generate(state, z, bn) runs, without running it; `state` may be
-    abstract (as for compile_epoch)."""
-    generator_output.lower(state.config, state.generator_variables, z, bn).compile()
+def compile_generate(state: TrainState, z, bn: str = "batch", unit_range: bool = False):
+    """Compile the program generate(state, z, bn, unit_range) runs, without running it; any
+    argument may be abstract (as for compile_epoch)."""
+    generator_output.lower(state.config, state.generator_variables, z, bn, unit_range).compile()
 
 
 def to_unit_range(images, config: Config):

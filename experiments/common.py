@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from dcgan_jax.outputs import RunDirError, load_variables
-from dcgan_jax.train import generator_output, to_unit_range
+from dcgan_jax.train import generator_output
 
 CPU_MEMORY_REUSE_ENV = "DCGAN_JAX_CPU_MEMORY_REUSE"
 
@@ -49,7 +49,6 @@ def generate_images(config, variables, num: int, key, bn: str = "batch", batch_s
     batch_size = batch_size or config.batch_size
     batches = -(-num // batch_size)
     keys = jax.random.split(key, batches)
-    out = [to_unit_range(generator_output(config, variables,
-                                          jax.random.normal(k, (batch_size, config.latent_dim)), bn), config)
-           for k in keys]
+    out = [generator_output(config, variables, jax.random.normal(k, (batch_size, config.latent_dim)), bn,
+                            unit_range=True) for k in keys]
     return np.concatenate(jax.device_get(out))[:num].astype(np.float32)

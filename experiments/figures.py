@@ -20,7 +20,7 @@ import numpy as np
 
 from dcgan_jax.data import DataError, load_mnist
 from dcgan_jax.outputs import image_grid
-from dcgan_jax.train import generator_output, to_unit_range
+from dcgan_jax.train import generator_output
 from experiments.common import generate_images, load_run
 
 
@@ -108,7 +108,7 @@ def interpolation_figure(config, variables, path: str, key, pairs: int = 6, step
     paths = interpolation_paths(key, config.latent_dim, pairs, steps)
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.72 * pairs + 1))
     for ax, (name, z) in zip(axes, paths.items()):
-        images = np.asarray(to_unit_range(generator_output(config, variables, z, config.samples_bn), config))
+        images = np.asarray(generator_output(config, variables, z, config.samples_bn, unit_range=True))
         ax.imshow(image_grid(images, ncol=steps), cmap="gray", vmin=0, vmax=1)
         ax.set_axis_off()
         ax.set_title(f"{name} interpolation (one pair of z per row)")

@@ -1,6 +1,7 @@
 """Exact resume: a run SIGKILLed mid-epoch and mid-save, then resumed, ends bit-identical to one
 never interrupted (CPU); and two runs of the same seed and config give the same bits."""
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -151,8 +152,9 @@ def test_deterministic_flag_sets_xlas_gpu_flag_before_jax_starts(monkeypatch, ca
 def test_scanned_run_checkpoints_each_epochs_own_state(data_dir, tmp_path, monkeypatch):
     """With loop='scan' fit starts epoch e+1 before writing epoch e (the next epoch donates the
     state): every checkpoint and the final weights must still be the state after their epoch,
-    and epoch e's samples must be computed before epoch e+1 is queued (on a GPU stream, after it,
-    they would wait for it)."""
+    epoch e's samples must be computed before epoch e+1 is queued (on a GPU stream, after it,
+    they would wait for it), and nothing may compile once the first epoch is queued (the state's
+    copy for the checkpoint included)."""
     import jax
     from dcgan_jax import run
     from dcgan_jax.checkpoints import state_digest
@@ -160,14 +162,23 @@ def test_scanned_run_checkpoints_each_epochs_own_state(data_dir, tmp_path, monke
     from dcgan_jax.outputs import load_variables
     from dcgan_jax.parallel import DataParallel
     from dcgan_jax.train import create_train_state, epoch_key, run_keys, train_epoch
-    calls = []
-    for owner, name in ((run, "to_unit_range"), (DataParallel, "train_epoch")):
+    calls, compiles = [], []
+    for owner, name in ((run, "generate"), (DataParallel, "train_epoch")):
         original = getattr(owner, name)
         monkeypatch.setattr(owner, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     config = preset("quick", data_dir=data_dir, loop="scan", **RUN)
     out = str(tmp_path / "scan")
-    fit(config, out, progress=False, log=lambda _: None)
-    assert calls == ["train_epoch", "to_unit_range"] * config.epochs
+    handler = logging.Handler()
+    handler.emit = lambda record: calls and compiles.append(record.getMessage())
+    logging.getLogger("jax").addHandler(handler)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        fit(config, out, progress=False, log=lambda _: None)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logging.getLogger("jax").removeHandler(handler)
+    assert calls == ["train_epoch", "generate"] * config.epochs
+    assert not [line for line in compiles if "XLA compilation" in line], compiles
     images = jax.device_put(load_mnist("train", data_dir).images)
     config = config.for_dataset(len(images))
     init_key, _, train_key = run_keys(config.seed)
