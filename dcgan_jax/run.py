@@ -220,7 +220,7 @@ def _start(config: Config, dp: DataParallel, data: Dataset, restored: Optional[T
         z_type = dp.abstract(jax.eval_shape(lambda key: noise(key, config, config.num_samples), sample_key))
         compiling = [] if first_epoch is None else [
             pool.submit(dp.compile_epoch, state_type, images, epoch_key(train_key, first_epoch), loop),
-            *([pool.submit(compile_generate, state_type, z_type, config.samples_bn, True)] if primary else []),
+            *([pool.submit(compile_generate, state_type, z_type, config.samples_bn, unit_range=True)] if primary else []),
             *([pool.submit(lambda: _copy.lower(state_type).compile())] if loop == "scan" else [])]
         fixed_z = dp.replicate(noise(sample_key, config, config.num_samples))
         learning_rates = [learning_rate(config, epoch) for epoch in range(1, config.epochs + 1)]
