@@ -121,20 +121,23 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
         records, start = [], 1
         history = {k: [] for k in outputs.METRIC_KEYS}
     finished = start > config.epochs
-    state, images, fixed_z, train_key, learning_rates, initialised = _start(
-        config, dp, data, restored.state if restored else None, None if finished else start, loop)
-    if finished and all(os.path.exists(os.path.join(run_dir, f)) for f in FINAL_FILES):
-        checkpoints.close()
-        log(f"{run_dir} already finished: epoch {start - 1} of {config.epochs} is checkpointed; nothing to do")
-        return state
-
-    if primary:
+    done = finished and all(os.path.exists(os.path.join(run_dir, f)) for f in FINAL_FILES)
+    # Written before the start-up's compilations: a run stopped during them (Ctrl-C, out of
+    # memory) is then one that --resume starts again, not a folder only --overwrite can reuse.
+    if primary and not done:
         outputs.write_config(run_dir, config, data_source=data.source, genuine_mnist=data.genuine,
                              backend=jax.default_backend(), devices=jax.device_count(),
                              processes=jax.process_count(), loop_resolved=loop, jax_version=jax.__version__,
                              checkpoint_every=checkpoint_every, keep=keep)
         # drop lines of epochs that ran after the restored checkpoint: they run again
         outputs.write_metrics(run_dir, records)
+    state, images, fixed_z, train_key, learning_rates, initialised = _start(
+        config, dp, data, restored.state if restored else None, None if finished else start, loop)
+    if done:
+        checkpoints.close()
+        log(f"{run_dir} already finished: epoch {start - 1} of {config.epochs} is checkpointed; nothing to do")
+        return state
+
     if finished:  # killed after its last checkpoint, before its final files
         log(f"{run_dir} already finished: epoch {start - 1} of {config.epochs} is checkpointed; "
             f"writing its final files")
@@ -215,7 +218,8 @@ def _start(config: Config, dp: DataParallel, data: Dataset, restored: Optional[T
     init_key, sample_key, train_key = run_keys(config.seed)
     images = dp.replicate(data.images)
     primary = jax.process_index() == 0
-    with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="compile") as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="compile")
+    try:
         state_type = dp.abstract(jax.eval_shape(lambda key: create_train_state(config, key), init_key))
         z_type = dp.abstract(jax.eval_shape(lambda key: noise(key, config, config.num_samples), sample_key))
         compiling = [] if first_epoch is None else [
@@ -228,6 +232,12 @@ def _start(config: Config, dp: DataParallel, data: Dataset, restored: Optional[T
         initialised = time.perf_counter()
         for future in compiling:
             future.result()
+    except BaseException:
+        # Ctrl-C or an error here must not wait for the compilations (seconds; XLA cannot stop
+        # one): the CLI exits without joining their threads (experiments/train.py).
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return state, images, fixed_z, train_key, learning_rates, initialised
 
 

@@ -11,7 +11,8 @@ epochs; --resume RUN_DIR continues it from its newest intact checkpoint with its
 (only --epochs, --data-dir, --tfds-data-dir and --loop may be given again). The batch is split
 across all devices; --distributed first joins the processes of a multi-host run.
 
-Exit status: 0 done, 1 bad data / run dir / checkpoint, 2 bad flag or config, 3 training diverged.
+Exit status: 0 done, 1 bad data / run dir / checkpoint, 2 bad flag or config, 3 training diverged,
+130 interrupted (Ctrl-C: what was checkpointed stays, --resume continues from it).
 """
 import argparse
 import dataclasses
@@ -23,6 +24,7 @@ import typing
 from dcgan_jax import config as C
 from experiments.common import add_cpu_memory_reuse_flag, apply_cpu_memory_reuse, check_cpu_memory_reuse
 
+INTERRUPTED = 130  # a shell's status for a command stopped by Ctrl-C
 CHOICES = {"order": C.ORDERS, "dtype": C.DTYPES, "data_range": C.DATA_RANGES, "loop": C.LOOPS,
            "samples_bn": C.SAMPLE_BN}
 HELP = {
@@ -128,8 +130,21 @@ def main(argv=None) -> int:
         return _fail(e, 1)
     except TrainingDiverged as e:
         return _fail(e, 3)
+    except KeyboardInterrupt:
+        return _fail(_interrupted(out), INTERRUPTED)
     print(f"done in {time.perf_counter() - start:.1f}s: {out}")
     return 0
+
+
+def _interrupted(run_dir: str) -> str:
+    if not os.path.isfile(os.path.join(run_dir, "config.json")):
+        return f"interrupted before {run_dir} was started: nothing to resume"
+    from dcgan_jax.checkpoints import RunCheckpoints
+    checkpoints = RunCheckpoints(run_dir)
+    saved = checkpoints.epochs()
+    checkpoints.close()
+    where = f"after epoch {saved[-1]}, its last checkpoint" if saved else "from epoch 1 (none was checkpointed)"
+    return f"interrupted; python -m experiments.train --resume {run_dir} continues {where}"
 
 
 def _fail(message, status: int) -> int:
@@ -138,4 +153,12 @@ def _fail(message, status: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status == INTERRUPTED:
+        # Exiting normally would first wait for the start-up's compilations, which XLA cannot
+        # stop (seconds). Nothing else is left to finish: checkpoints are saved synchronously
+        # and every other file is written whole or not at all.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

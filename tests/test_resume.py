@@ -6,15 +6,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
 from conftest import make_idx_dir
-from dcgan_jax import preset
+from dcgan_jax import preset, run
 from dcgan_jax.checkpoints import RunCheckpoints
-from dcgan_jax.run import fit
+from dcgan_jax.parallel import DataParallel
+from dcgan_jax.run import fit, resume_config
 from experiments.train import main
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*not the genuine MNIST")
@@ -22,6 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*not the genuine MNIST")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 3 epochs of 3 steps of 4 images: small enough for three processes, long enough to be killed in.
 RUN = dict(batch_size=4, steps_per_epoch=3, epochs=3)
+RUN_FLAGS = [f"--{k.replace('_', '-')}={v}" for k, v in RUN.items()]
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +72,15 @@ def cli(args, cache):
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def kill_when(proc, ready, delay=0.0, timeout=300):
-    """SIGKILL `proc` `delay` seconds after ready() holds; fail if it exits first."""
+def kill_when(proc, ready, delay=0.0, timeout=300, sig=signal.SIGKILL):
+    """Send `sig` to `proc` `delay` seconds after ready() holds; fail if it exits first."""
     deadline = time.monotonic() + timeout
     while not ready():
         assert proc.poll() is None, f"exited before the kill point:\n{proc.stdout.read()}"
         assert time.monotonic() < deadline, "kill point never reached"
         time.sleep(0.002)
     time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait()
     return proc.stdout.read()
 
@@ -94,9 +97,17 @@ def saving(run_dir, epoch):
 
 def test_killed_mid_epoch_and_mid_save_resumes_bit_identical(reference, data_dir, compile_cache, tmp_path, capsys):
     out = str(tmp_path / "run")
-    # 1: killed during epoch 2's steps (epoch 1 is checkpointed and logged; epoch 2 is not).
-    first = cli(["--preset", "quick", "--data-dir", data_dir, "--out", out, "--keep", "2",
-                 *[f"--{k.replace('_', '-')}={v}" for k, v in RUN.items()]], compile_cache)
+    # 0: Ctrl-C during the start-up's compilations (config.json is written before them).
+    started = cli(["--preset", "quick", "--data-dir", data_dir, "--out", out, "--keep", "2", *RUN_FLAGS],
+                  compile_cache)
+    log = kill_when(started, lambda: os.path.exists(os.path.join(out, "config.json")), sig=signal.SIGINT)
+    assert started.returncode == 130, log
+    assert f"--resume {out} continues from epoch 1 (none was checkpointed)" in log, log
+    assert "epochs 1..3" not in log, f"interrupted after the start-up\n{log}"
+
+    # 1: resumed (so started again), killed during epoch 2's steps (epoch 1 is checkpointed and
+    # logged; epoch 2 is not).
+    first = cli(["--resume", out], compile_cache)
     log = kill_when(first, lambda: lines(out) == 1, delay=0.3)
     assert first.returncode == -signal.SIGKILL
     assert RunCheckpoints(out).epochs() == [1], log
@@ -130,6 +141,39 @@ def test_killed_mid_epoch_and_mid_save_resumes_bit_identical(reference, data_dir
     assert snapshot(out) == before
 
 
+def test_ctrl_c_during_the_start_up_leaves_a_run_that_resume_starts_again(data_dir, tmp_path, capsys, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(run, "_start", interrupted)
+    out = str(tmp_path / "run")
+    assert main(["--preset", "quick", "--data-dir", data_dir, "--out", out, "--no-progress", *RUN_FLAGS]) == 130
+    assert f"--resume {out} continues from epoch 1 (none was checkpointed)" in capsys.readouterr().err
+    assert resume_config(out) == preset("quick", data_dir=data_dir, **RUN).for_dataset(16)
+
+
+def test_the_start_up_does_not_wait_for_its_compilations_once_interrupted(data_dir, monkeypatch):
+    """The CLI can then exit at once on Ctrl-C instead of after seconds of XLA compilation."""
+    release, compiled = threading.Event(), threading.Event()
+
+    def compile_slowly(*args, **kwargs):
+        release.wait(60)
+        compiled.set()
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    dp = DataParallel()
+    monkeypatch.setattr(dp, "compile_epoch", compile_slowly)
+    monkeypatch.setattr(run, "compile_generate", compile_slowly)
+    monkeypatch.setattr(run, "learning_rate", interrupted)
+    config = preset("quick", data_dir=data_dir, **RUN)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run._start(config, dp, run.load_train_data(config), None, 1, "steps")
+        assert not compiled.is_set()
+    finally:
+        release.set()
+
+
 def snapshot(run_dir):
     return {os.path.relpath(os.path.join(d, f), run_dir): open(os.path.join(d, f), "rb").read()
             for d, _, files in os.walk(run_dir) for f in files}
@@ -156,11 +200,9 @@ def test_scanned_run_checkpoints_each_epochs_own_state(data_dir, tmp_path, monke
     they would wait for it), and nothing may compile once the first epoch is queued (the state's
     copy for the checkpoint included)."""
     import jax
-    from dcgan_jax import run
     from dcgan_jax.checkpoints import state_digest
     from dcgan_jax.data import load_mnist
     from dcgan_jax.outputs import load_variables
-    from dcgan_jax.parallel import DataParallel
     from dcgan_jax.train import create_train_state, epoch_key, run_keys, train_epoch
     calls, compiles = [], []
     for owner, name in ((run, "generate"), (DataParallel, "train_epoch")):
