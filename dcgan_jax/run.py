@@ -78,7 +78,7 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
     Everything that can be checked (config, data, run dir, devices) is checked before anything
     is written. `parallel` defaults to a DataParallel over all devices.
     """
-    config = config.validate()
+    config = _absolute_paths(config.validate())
     if resume and overwrite:
         raise outputs.RunDirError("--resume continues a run and --overwrite replaces it: pass one")
     if resume:
@@ -200,6 +200,13 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
         outputs.save_variables(run_dir, dp.to_host(state.generator_variables),
                                dp.to_host(state.discriminator_variables))
     return state
+
+
+def _absolute_paths(config: Config) -> Config:
+    """config.json is read from other working directories (evaluate.py, --resume): local data
+    paths are saved absolute."""
+    return config.replace(**{k: os.path.abspath(v) for k in ("data_dir", "tfds_data_dir")
+                             if (v := getattr(config, k)) and "://" not in v})
 
 
 def _start(config: Config, dp: DataParallel, data: Dataset, restored: Optional[TrainState], first_epoch: Optional[int],

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import make_idx_dir
-from dcgan_jax import preset, run
+from dcgan_jax import outputs, preset, run
 from dcgan_jax.checkpoints import RunCheckpoints
 from dcgan_jax.parallel import DataParallel
 from dcgan_jax.run import fit, resume_config
@@ -141,14 +141,25 @@ def test_killed_mid_epoch_and_mid_save_resumes_bit_identical(reference, data_dir
     assert snapshot(out) == before
 
 
+def interrupted(*args):
+    raise KeyboardInterrupt
+
+
 def test_ctrl_c_during_the_start_up_leaves_a_run_that_resume_starts_again(data_dir, tmp_path, capsys, monkeypatch):
-    def interrupted(*args):
-        raise KeyboardInterrupt
     monkeypatch.setattr(run, "_start", interrupted)
     out = str(tmp_path / "run")
     assert main(["--preset", "quick", "--data-dir", data_dir, "--out", out, "--no-progress", *RUN_FLAGS]) == 130
     assert f"--resume {out} continues from epoch 1 (none was checkpointed)" in capsys.readouterr().err
     assert resume_config(out) == preset("quick", data_dir=data_dir, **RUN).for_dataset(16)
+
+
+def test_config_json_names_the_data_by_its_absolute_path(data_dir, tmp_path, capsys, monkeypatch):
+    """Other scripts read it from other working directories."""
+    monkeypatch.setattr(run, "_start", interrupted)   # config.json is written by then
+    monkeypatch.chdir(os.path.dirname(data_dir))
+    out = str(tmp_path / "run")
+    main(["--preset", "quick", "--data-dir", os.path.basename(data_dir), "--out", out, *RUN_FLAGS])
+    assert outputs.read_config(out).data_dir == data_dir
 
 
 def test_the_start_up_does_not_wait_for_its_compilations_once_interrupted(data_dir, monkeypatch):
@@ -158,9 +169,6 @@ def test_the_start_up_does_not_wait_for_its_compilations_once_interrupted(data_d
     def compile_slowly(*args, **kwargs):
         release.wait(60)
         compiled.set()
-
-    def interrupted(*args):
-        raise KeyboardInterrupt
     dp = DataParallel()
     monkeypatch.setattr(dp, "compile_epoch", compile_slowly)
     monkeypatch.setattr(run, "compile_generate", compile_slowly)
