@@ -10,7 +10,8 @@
 Each framework trains `--seeds` runs (seeds seed, seed+1, ...) of the same config on the same
 data; PyTorch uses parity.reference (the tutorial rebuilt), dcgan_jax its run driver. Both are
 scored with dcgan_jax.metrics on --num-samples generated images. Writes OUT/compare.json (every
-run, the summary, the machine) and OUT/compare.md (the table: mean ± std over seeds).
+run, the summary, the machine), OUT/compare.md (the table: mean ± std over seeds) and the
+dcgan_jax runs, OUT/jax_seedN/; a non-empty OUT is refused unless --overwrite.
 Epoch times exclude the first epoch (compilation, warm-up), which is listed separately. On CPU,
 --cpu-memory-reuse (default on, as in the training CLI) tunes the process's malloc for both
 frameworks (steps ~15 % faster for PyTorch, ~7 % for dcgan_jax: benchmarks/NOTES.md, CPU attempt 15).
@@ -40,8 +41,7 @@ COLUMNS = (("epoch_seconds", "s/epoch", "{:.2f}"), ("first_epoch_seconds", "1st 
 
 
 def epoch_summary(epoch_seconds, last_losses) -> dict:
-    later = epoch_seconds[1:] or epoch_seconds
-    return {"epoch_seconds": float(np.mean(later)), "first_epoch_seconds": float(epoch_seconds[0]),
+    return {"epoch_seconds": float(np.mean(epoch_seconds[1:])), "first_epoch_seconds": float(epoch_seconds[0]),
             "loss_d": float(last_losses["loss_d"]), "loss_g": float(last_losses["loss_g"])}
 
 
@@ -151,6 +151,7 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--steps-per-epoch", type=int, help="override the preset's steps per epoch")
     p.add_argument("--out", default="runs/compare", help="output folder (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace the runs and tables of a non-empty --out")
     p.add_argument("--torch-device", default="auto",
                    help="device of the PyTorch runs: auto (cuda when available, else cpu), cpu, cuda")
     add_cpu_memory_reuse_flag(p)   # tunes the process's malloc: PyTorch's steps gain from it too
@@ -161,11 +162,18 @@ def main(argv=None) -> int:
     apply_cpu_memory_reuse(args)
     overrides = {k: v for k, v in (("epochs", args.epochs), ("steps_per_epoch", args.steps_per_epoch),
                                    ("data_dir", args.data_dir)) if v is not None}
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+        print(f"error: --out {args.out} exists and is not empty: pass --overwrite to replace its runs "
+              f"and tables, or another --out", file=sys.stderr)
+        return 1
     try:
         if args.seeds < 1 or args.num_samples < 10:
             raise ConfigError("--seeds must be >= 1 and --num-samples >= 10")
         base = preset(args.preset, **overrides)
         check_reference_supports(base)
+        if base.epochs < 2:
+            raise ConfigError(f"epochs={base.epochs}: the epoch times are those after the first "
+                              f"(compilation, warm-up), so the comparison needs 2 or more")
         data = load_mnist("train", base.data_dir, base.tfds_data_dir)
         base = base.for_dataset(len(data.images))
         metrics.test_set_outputs(base.data_dir, base.tfds_data_dir)   # fail before training if missing
@@ -173,6 +181,10 @@ def main(argv=None) -> int:
         from parity import reference  # noqa: F401
         torch_device = args.torch_device if args.torch_device != "auto" else (
             "cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            torch.empty(0, device=torch_device)
+        except (RuntimeError, AssertionError) as e:  # an unknown name; a device this torch lacks
+            raise ConfigError(f"--torch-device {torch_device}: {str(e).splitlines()[0][:200]}") from None
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ConfigError) else 1

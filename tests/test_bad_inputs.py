@@ -117,6 +117,24 @@ def test_bad_cpu_memory_reuse_from_the_environment(data, tmp_path, capsys, monke
     assert not (tmp_path / "compare").exists()
 
 
+def test_compare_frameworks_refuses_before_training(data, tmp_path, capsys):
+    from experiments import compare_frameworks
+    out = tmp_path / "compare"
+    os.makedirs(out / "jax_seed0")
+    (out / "jax_seed0" / "notes.txt").write_text("mine")
+    assert compare_frameworks.main(["--data-dir", data, "--out", str(out)]) == 1
+    assert "exists and is not empty: pass --overwrite" in capsys.readouterr().err
+    assert snapshot(out) == {os.path.join("jax_seed0", "notes.txt"): b"mine"}
+    for flags, match in ((["--epochs", "1"], "epochs=1: the epoch times are those after the first"),
+                         (["--torch-device", "tpu"], "--torch-device tpu: "),
+                         (["--torch-device", "cuda:99"], "--torch-device cuda:99: ")):
+        assert compare_frameworks.main(["--data-dir", data, "--out", str(tmp_path / "new"), "--steps-per-epoch", "1",
+                                        *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {match}") and "Traceback" not in err, err
+        assert not (tmp_path / "new").exists()
+
+
 # --- run directories and checkpoints ----------------------------------------------------------
 
 @pytest.fixture(scope="module")
