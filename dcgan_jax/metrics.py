@@ -1,7 +1,7 @@
 """Sample-quality metrics for MNIST generators, computed with the committed MNIST classifier.
 
 The usual GAN metrics with `extractor.MnistCNN` in Inception's place: its 128 penultimate
-features for FID, KID and precision/recall, its class posterior for the Inception Score and
+features for FID, KID, precision/recall and density/coverage, its class posterior for the Inception Score and
 class coverage. Scores are comparable between runs and frameworks (same weights, same test set),
 not with Inception-based numbers from papers.
 
@@ -100,6 +100,25 @@ def precision_recall(real_features, fake_features, k: int = 3, chunk: int = 1000
     return precision, recall
 
 
+def density_coverage(real_features, fake_features, k: int = 5, chunk: int = 1000):
+    """Density and coverage (Naeem et al. 2020), from k-NN balls around the real samples only.
+
+    density: the mean number of real balls that hold a fake sample, divided by k (about 1 when the
+    fakes are distributed as the real samples; unbounded); coverage: the share of real samples
+    whose ball holds a fake one. The few real outliers have balls wide enough to hold collapsed
+    or blank samples, so these score precision ~1 (1,000 all-black images: 1.000); coverage counts
+    real samples instead and stays near 0 for them.
+    """
+    real, fake = np.asarray(real_features, np.float64), np.asarray(fake_features, np.float64)
+    if len(real) <= k or not len(fake):
+        raise ValueError(f"density/coverage with k={k} needs more than {k} real samples and a fake one")
+    radii = _knn_radii(real, k, chunk)
+    fakes_inside = np.zeros(len(real), np.int64)   # per real ball
+    for i in range(0, len(fake), chunk):
+        fakes_inside += (_sq_distances(fake[i:i + chunk], real) <= radii[None, :]).sum(0)
+    return float(fakes_inside.sum() / (k * len(fake))), float((fakes_inside > 0).mean())
+
+
 # --- scores from class posteriors --------------------------------------------------------------
 
 def inception_score(probs, eps: float = 1e-12) -> float:
@@ -117,7 +136,7 @@ def class_coverage(probs, threshold: float = COVERAGE_THRESHOLD) -> dict:
     hist = np.bincount(predicted, minlength=extractor.NUM_CLASSES) / len(predicted)
     nonzero = hist[hist > 0]
     return {"class_histogram": [float(h) for h in hist],
-            "class_entropy": float(-(nonzero * np.log2(nonzero)).sum()),
+            "class_entropy": float(-(nonzero * np.log2(nonzero)).sum()) + 0.0,   # one class: 0.0, not -0.0
             "missing_digits": [int(d) for d in np.flatnonzero(hist < threshold)]}
 
 
@@ -135,9 +154,10 @@ def compare(probs, features, ref_features, k: int = 3, kid_subsets: int = 100,
     """All scores of one sample (its classifier outputs) against reference features."""
     kid, kid_std = kernel_inception_distance(features, ref_features, kid_subsets, kid_subset_size, seed)
     precision, recall = precision_recall(ref_features, features, k)
+    density, coverage = density_coverage(ref_features, features)
     return {"fid": frechet_distance(features, ref_features), "kid": kid, "kid_std": kid_std,
             "inception_score": inception_score(probs), "precision": precision, "recall": recall,
-            **class_coverage(probs), "num_samples": len(features), "num_reference": len(ref_features)}
+            "density": density, "coverage": coverage, **class_coverage(probs), "num_samples": len(features), "num_reference": len(ref_features)}
 
 
 def sample_quality(images, data_dir: Optional[str] = None, *, tfds_data_dir: Optional[str] = None,
@@ -146,8 +166,8 @@ def sample_quality(images, data_dir: Optional[str] = None, *, tfds_data_dir: Opt
 
     images: (N, 28, 28, 1) floats in [0, 1] (values outside are clipped), from any framework.
     data_dir: the IDX folder, or None for TFDS 'mnist' (as `load_mnist`).
-    Returns fid, kid, kid_std, inception_score, precision, recall, class_histogram,
-    class_entropy, missing_digits, num_samples, num_reference.
+    Returns fid, kid, kid_std, inception_score, precision, recall, density, coverage,
+    class_histogram, class_entropy, missing_digits, num_samples, num_reference.
     """
     probs, features = extractor.extract(images)
     _, ref_features = test_set_outputs(data_dir, tfds_data_dir)

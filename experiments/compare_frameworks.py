@@ -37,6 +37,7 @@ COLUMNS = (("epoch_seconds", "s/epoch", "{:.2f}"), ("first_epoch_seconds", "1st 
            ("loss_d", "final loss_d", "{:.3f}"), ("loss_g", "final loss_g", "{:.3f}"),
            ("fid", "FID", "{:.2f}"), ("kid", "KID", "{:.4f}"), ("inception_score", "IS", "{:.2f}"),
            ("precision", "precision", "{:.3f}"), ("recall", "recall", "{:.3f}"),
+           ("density", "density", "{:.3f}"), ("coverage", "coverage", "{:.3f}"),
            ("class_entropy", "class entropy", "{:.2f}"), ("num_missing_digits", "missing digits", "{:.1f}"))
 
 

@@ -3,11 +3,12 @@
   python -m experiments.evaluate RUN_DIR [--data-dir ../shared/data/mnist] [--num-samples 10000]
 
 Draws --num-samples images from the run's final generator, scores them with
-dcgan_jax.metrics.sample_quality (FID, KID, Inception Score, precision/recall, class coverage,
-all on the committed MNIST classifier) and prints them beside what real data scores: a train
-subset of the same size against the test set, and the test set's own Inception Score. Writes
-RUN_DIR/eval.json and RUN_DIR/eval.png (predicted-digit histogram and a grid of samples).
-MNIST is found as training found it (the run's data_dir, else TFDS) unless --data-dir is given.
+dcgan_jax.metrics.sample_quality (FID, KID, Inception Score, precision/recall, density/coverage,
+class coverage, all on the committed MNIST classifier) and prints them beside what real data
+scores: a train subset of the same size against the test set, and the test set's own Inception
+Score. Writes RUN_DIR/eval.json and RUN_DIR/eval.png (predicted-digit histogram and a grid of
+samples). MNIST is found as training found it (the run's data_dir, else TFDS) unless --data-dir
+is given.
 """
 import argparse
 import json
@@ -24,6 +25,7 @@ from experiments.common import generate_images, load_run
 
 ROWS = (("fid", "FID", "{:.3f}"), ("kid", "KID", "{:.5f}"), ("inception_score", "Inception Score", "{:.3f}"),
         ("precision", "precision (k=3)", "{:.3f}"), ("recall", "recall (k=3)", "{:.3f}"),
+        ("density", "density (k=5)", "{:.3f}"), ("coverage", "coverage (k=5)", "{:.3f}"),
         ("class_entropy", "class entropy (bits)", "{:.3f}"))
 
 

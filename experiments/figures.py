@@ -11,8 +11,8 @@ Writes into DIR (default RUN_DIR/figures):
   real_vs_generated.png    MNIST test images next to generated ones
 """
 import argparse
-import glob
 import os
+import re
 import sys
 
 import jax
@@ -31,57 +31,76 @@ def _pyplot():
     return plt
 
 
+def epoch_grids(run_dir: str):
+    """[(epoch, path)] of samples/epoch_NNN.png in epoch order. The number is parsed, not sliced,
+    and sorted as a number: past epoch 999 the names have 4 digits and sort wrongly as text."""
+    folder = os.path.join(run_dir, "samples")
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    grids = sorted((int(m.group(1)), os.path.join(folder, n))
+                   for n in names if (m := re.fullmatch(r"epoch_(\d+)\.png", n)))
+    if not grids:
+        raise FileNotFoundError(f"{folder} holds no epoch_*.png grids")
+    return grids
+
+
 def samples_gif(run_dir: str, path: str, frame_ms: int = 600):
     """Animate samples/epoch_*.png with the epoch written on each frame."""
     from PIL import Image, ImageDraw
-    files = sorted(glob.glob(os.path.join(run_dir, "samples", "epoch_*.png")))
-    if not files:
-        raise FileNotFoundError(f"{run_dir}/samples holds no epoch_*.png grids")
     frames = []
-    for f in files:
+    for epoch, f in epoch_grids(run_dir):
         img = Image.open(f).convert("L")
         canvas = Image.new("L", (img.width, img.height + 16), 255)
         canvas.paste(img, (0, 16))
-        ImageDraw.Draw(canvas).text((4, 2), f"epoch {int(os.path.basename(f)[6:9])}", fill=0)
+        ImageDraw.Draw(canvas).text((4, 2), f"epoch {epoch}", fill=0)
         frames.append(canvas)
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
     return len(frames)
 
 
-def _smooth(x, window: int):
-    window = max(1, min(window, len(x)))
-    return np.convolve(x, np.ones(window) / window, mode="valid")
+def moving_average(y, window: int):
+    """(steps, means): the mean of y over `window` steps, each placed at the last step it covers,
+    so that smoothed curves line up with the per-step ones (and with each other across panels)."""
+    y = np.asarray(y)
+    window = max(1, min(window, len(y)))
+    return np.arange(window - 1, len(y)), np.convolve(y, np.ones(window) / window, mode="valid")
 
 
 def loss_figure(run_dir: str, path: str, steps_per_epoch: int):
+    fig = loss_plot(np.load(os.path.join(run_dir, "step_metrics.npz")), steps_per_epoch)
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+
+
+def loss_plot(metrics, steps_per_epoch: int):
     """Losses against their equilibrium values.
 
     At the GAN equilibrium D outputs 1/2 everywhere, so each cross-entropy term is log 2: the
     generator loss and this project's D loss (the tutorial's mean of the real and fake terms)
     both tend to log 2. log 4 is the same D loss written as a sum (the GAN paper's -V(D, G)).
     """
-    metrics = np.load(os.path.join(run_dir, "step_metrics.npz"))
     plt = _pyplot()
     fig, (ax, ax_p) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
     window = max(1, steps_per_epoch // 10)
+
+    def per_step_and_smoothed(axis, key, label):
+        line, = axis.plot(np.arange(len(metrics[key])), metrics[key], lw=0.5, alpha=0.35)
+        axis.plot(*moving_average(metrics[key], window), lw=1.2, color=line.get_color(), label=label)
+
     for key, label in (("loss_g", "G loss"), ("loss_d", "D loss (mean of real and fake terms)")):
-        steps = np.arange(len(metrics[key]))
-        line, = ax.plot(steps, metrics[key], lw=0.5, alpha=0.35)
-        ax.plot(steps[window - 1:], _smooth(metrics[key], window), lw=1.2, color=line.get_color(), label=label)
+        per_step_and_smoothed(ax, key, label)
     ax.axhline(np.log(2), color="k", ls="--", lw=0.9, label="log 2: G and mean-D loss at equilibrium")
     ax.axhline(np.log(4), color="gray", ls=":", lw=0.9, label="log 4: the D loss summed over real and fake")
     ax.set_ylabel("cross-entropy")
     ax.legend(fontsize=8)
     for key, label in (("d_real", "D(x)"), ("d_fake", "D(G(z))")):
-        ax_p.plot(_smooth(metrics[key], window), lw=1, label=label)
+        per_step_and_smoothed(ax_p, key, label)
     ax_p.axhline(0.5, color="k", ls="--", lw=0.9, label="1/2 at equilibrium")
     ax_p.set_ylim(0, 1)
     ax_p.set_xlabel(f"iteration ({steps_per_epoch} per epoch; light: per step, dark: mean over {window})")
     ax_p.set_ylabel("mean probability of 'real'")
     ax_p.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def slerp(a, b, t):
@@ -138,14 +157,18 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     config, g_vars, _ = load_run(args.run_dir)
-    out = args.out or os.path.join(args.run_dir, "figures")
-    os.makedirs(out, exist_ok=True)
     interp_key, sample_key, real_key = jax.random.split(jax.random.key(args.seed), 3)
+    # Every input is checked before --out is created: an error leaves no empty folder behind.
     try:
+        epoch_grids(args.run_dir)
+        if not os.path.isfile(os.path.join(args.run_dir, "step_metrics.npz")):
+            raise FileNotFoundError(f"{args.run_dir} holds no step_metrics.npz")
         real = load_mnist("test", args.data_dir or config.data_dir, config.tfds_data_dir).images
-    except DataError as e:
+    except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    out = args.out or os.path.join(args.run_dir, "figures")
+    os.makedirs(out, exist_ok=True)
 
     frames = samples_gif(args.run_dir, os.path.join(out, "samples.gif"))
     loss_figure(args.run_dir, os.path.join(out, "losses.png"), config.steps_per_epoch)

@@ -36,7 +36,8 @@ def format_table(rows) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m parity.check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m parity.check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=None, help="weights, inputs and keys (default: fresh)")
     parser.add_argument("--batch", type=int, default=8, help="batch of the forward/gradient checks")
     parser.add_argument("--trajectory-batch", type=int, default=4)

@@ -2,13 +2,14 @@
 only read the layout documented in dcgan_jax/outputs.py)."""
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from dcgan_jax import outputs, preset
+from dcgan_jax import metrics, outputs, preset
 from dcgan_jax.train import build_models
 from experiments import evaluate, figures, latent_scale
 
@@ -78,6 +79,61 @@ def test_figures(run_dir, idx_dir):
     assert gif.n_frames == 3
     for name in ("losses.png", "interpolation.png", "real_vs_generated.png"):
         assert os.path.getsize(os.path.join(out, name)) > 1000
+
+
+def test_figures_checks_its_inputs_before_creating_the_out_folder(run_dir, tmp_path, capsys):
+    out = str(tmp_path / "figs")
+    assert figures.main([run_dir, "--data-dir", str(tmp_path / "none"), "--out", out]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert not os.path.exists(out)
+    no_samples = shutil.copytree(run_dir, tmp_path / "run", ignore=shutil.ignore_patterns("samples"))
+    assert figures.main([str(no_samples), "--data-dir", str(tmp_path / "none"), "--out", out]) == 1
+    assert "no epoch_*.png" in capsys.readouterr().err
+    assert not os.path.exists(out)
+
+
+def test_epoch_grids_parse_and_sort_the_number_past_epoch_999(tmp_path):
+    os.makedirs(tmp_path / "samples")
+    for name in ("epoch_1000.png", "epoch_999.png", "epoch_002.png", "epoch_002.png.tmp.png"):
+        (tmp_path / "samples" / name).touch()
+    assert [e for e, _ in figures.epoch_grids(str(tmp_path))] == [2, 999, 1000]   # text order: 002, 1000, 999
+
+
+def test_loss_plot_smoothed_curves_line_up_in_both_panels():
+    n, steps_per_epoch = 25, 30                                  # window = 30 // 10 = 3
+    rng = np.random.default_rng(0)
+    series = {k: rng.random(n) for k in outputs.METRIC_KEYS}
+    fig = figures.loss_plot(series, steps_per_epoch)
+    mean3 = lambda y: np.array([(y[i - 2] + y[i - 1] + y[i]) / 3 for i in range(2, n)])
+    for ax, keys in zip(fig.axes, (("loss_g", "loss_d"), ("d_real", "d_fake"))):
+        curves = [line for line in ax.get_lines() if len(line.get_xdata()) > 2]   # not the axhlines
+        assert len(curves) == 4                                  # light per step and dark mean, per key
+        for (light, dark), key in zip(zip(curves[::2], curves[1::2]), keys):
+            np.testing.assert_array_equal(light.get_xdata(), np.arange(n))
+            np.testing.assert_allclose(light.get_ydata(), series[key])
+            np.testing.assert_array_equal(dark.get_xdata(), np.arange(2, n))   # mean at its last step
+            np.testing.assert_allclose(dark.get_ydata(), mean3(series[key]))
+    figures._pyplot().close(fig)
+
+
+def test_evaluate_table_prints_a_one_class_entropy_as_zero():
+    def entropy_cell(predicted):
+        scores = dict(fid=1.0, kid=0.0, kid_std=0.0, inception_score=1.0, precision=0.0, recall=0.0,
+                      density=0.0, coverage=0.0, **metrics.class_coverage(np.eye(10)[predicted]))
+        return next(l for l in evaluate.table(scores, None).splitlines() if l.startswith("class entropy")).split()[-1]
+
+    assert entropy_cell([3] * 8) == "0.000"                     # one class: 0 bits, not -0.000
+    assert entropy_cell([3, 7] * 4) == "1.000"                  # two equal classes: log2(2) bits
+    assert entropy_cell(list(range(10))) == f"{np.log2(10):.3f}"
+
+
+def test_parity_check_help_shows_the_whole_description(capsys):
+    from parity import check
+    with pytest.raises(SystemExit) as exit_:
+        check.main(["--help"])
+    assert exit_.value.code == 0
+    assert ("one table row per layer and quantity, with its max abs / rel difference and pass or fail. "
+            "Exit code 0 if every row passes.") in " ".join(capsys.readouterr().out.split())
 
 
 def test_slerp_stays_on_the_great_circle():

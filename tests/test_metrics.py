@@ -130,14 +130,39 @@ def test_extractor_weights_are_checked(monkeypatch):
     extractor.load_params.cache_clear()
 
 
+def test_density_coverage_against_brute_force():
+    rng = np.random.default_rng(5)
+    real = rng.normal(size=(40, 3))
+    fake = np.concatenate([rng.normal(size=(20, 3)), rng.normal(6, 1, size=(20, 3))])
+    d = np.linalg.norm(real[:, None] - real[None], axis=-1)
+    radius = np.sort(d, axis=1)[:, 5]                       # column 0 is the point itself
+    inside = np.linalg.norm(fake[:, None] - real[None], axis=-1) <= radius[None, :]   # (fake, real ball)
+    density, coverage = metrics.density_coverage(real, fake, k=5, chunk=7)
+    assert density == pytest.approx(inside.sum() / (5 * len(fake)))
+    assert coverage == pytest.approx(np.mean([inside[:, j].any() for j in range(len(real))]))
+    assert metrics.density_coverage(real, real)[1] == 1.0
+
+
+def test_coverage_is_not_fooled_by_a_real_outlier_as_precision_is():
+    """The audit's case: real outliers' balls reach the bulk, and samples piled up between them
+    score precision 1 (all-black images do on MNIST's features)."""
+    rng = np.random.default_rng(6)
+    real = np.concatenate([rng.normal(size=(200, 2)), [[30.0, 30.0], [31.0, 31.0], [30.0, 32.0]]])
+    collapsed = np.full((50, 2), 15.0)                       # far from all but the outliers' balls
+    precision, _ = metrics.precision_recall(real, collapsed)
+    density, coverage = metrics.density_coverage(real, collapsed)
+    assert precision == 1.0
+    assert coverage <= 3 / len(real) and density <= 3 / 5
+
+
 def test_sample_quality_end_to_end(stroke_mnist):
     data_dir, test_images = stroke_mnist
     same = metrics.sample_quality(test_images, data_dir, kid_subsets=10)
-    assert set(same) >= {"fid", "kid", "kid_std", "inception_score", "precision", "recall",
-                         "class_histogram", "missing_digits"}
+    assert set(same) >= {"fid", "kid", "kid_std", "inception_score", "precision", "recall", "density",
+                         "coverage", "class_histogram", "missing_digits"}
     # Zero up to the square roots of near-zero eigenvalues (~1e-7 each) of a 300-sample covariance.
     trace = np.trace(np.cov(extractor.extract(test_images)[1], rowvar=False))
-    assert abs(same["fid"]) < 1e-6 * trace and same["precision"] == same["recall"] == 1.0
+    assert abs(same["fid"]) < 1e-6 * trace and same["precision"] == same["recall"] == same["coverage"] == 1.0
 
     rng = np.random.default_rng(4)
     fresh = strokes(300, rng)          # a second sample of the same distribution
