@@ -32,12 +32,16 @@ ROWS = (("fid", "FID", "{:.3f}"), ("kid", "KID", "{:.5f}"), ("inception_score", 
 def table(scores: dict, baselines: dict | None) -> str:
     """Plain-text table: generated samples next to the real-data baselines."""
     real = baselines["train_subset_vs_test"] if baselines else {}
-    lines = [f"{'metric':<22}{'generated':>24}{'real train subset':>20}"]
+    lines = [f"{'metric':<22}{'generated':>24}{'real train subset':>24}"]
+
+    def cell(values, key, fmt):
+        if key not in values:
+            return ""
+        return fmt.format(values[key]) + (f" ± {values['kid_std']:.5f}" if key == "kid" else "")
     for key, name, fmt in ROWS:
-        gen = fmt.format(scores[key]) + (f" ± {scores['kid_std']:.5f}" if key == "kid" else "")
-        lines.append(f"{name:<22}{gen:>24}{fmt.format(real[key]) if key in real else '':>20}")
+        lines.append(f"{name:<22}{cell(scores, key, fmt):>24}{cell(real, key, fmt):>24}")
         if key == "inception_score" and baselines:
-            lines.append(f"{'  (MNIST test set)':<22}{'':>24}{baselines['inception_score_test']:>20.3f}")
+            lines.append(f"{'  (MNIST test set)':<22}{'':>24}{baselines['inception_score_test']:>24.3f}")
     hist = " ".join(f"{d}:{h:.1%}" for d, h in enumerate(scores["class_histogram"]))
     lines.append(f"predicted digits: {hist}")
     lines.append(f"missing digits (< {metrics.COVERAGE_THRESHOLD:.0%}): {scores['missing_digits'] or 'none'}")

@@ -127,6 +127,15 @@ def test_evaluate_table_prints_a_one_class_entropy_as_zero():
     assert entropy_cell(list(range(10))) == f"{np.log2(10):.3f}"
 
 
+def test_evaluate_table_gives_each_kid_its_std():
+    scores = dict(fid=1.0, kid=0.5, kid_std=0.25, inception_score=1.0, precision=0.0, recall=0.0,
+                  density=0.0, coverage=0.0, **metrics.class_coverage(np.eye(10)))
+    real = dict(scores, kid=0.0066, kid_std=0.256)
+    text = evaluate.table(scores, {"train_subset_vs_test": real, "inception_score_test": 9.8})
+    kid = next(l for l in text.splitlines() if l.startswith("KID"))
+    assert kid.split() == ["KID", "0.50000", "±", "0.25000", "0.00660", "±", "0.25600"]
+
+
 def test_parity_check_help_shows_the_whole_description(capsys):
     from parity import check
     with pytest.raises(SystemExit) as exit_:
