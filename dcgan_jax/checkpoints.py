@@ -29,6 +29,9 @@ from .train import TrainState, create_train_state
 RESUMABLE_FIELDS = ("epochs", "data_dir", "tfds_data_dir", "loop")
 
 
+RESTART_HINT = "--overwrite starts the run again, deleting them"
+
+
 class CheckpointError(Exception):
     """A checkpoint that cannot be used for this run; the message names the mismatch."""
 
@@ -118,7 +121,7 @@ class RunCheckpoints:
         if skipped:
             raise CheckpointError(f"{self.directory}: no intact checkpoint left (corrupt: epochs "
                                   f"{', '.join(map(str, skipped))}; moved to corrupt_checkpoints/); "
-                                  f"pass --overwrite to start the run again")
+                                  f"{RESTART_HINT}")
         return None
 
     def _restore(self, epoch: int, config: Config, place) -> Restored:

@@ -13,6 +13,12 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the field."""
 
 
+# What each annotation accepts (a config.json is edited by hand, too). bool is an int to Python.
+_KINDS = {int: ((int,), "an integer"), float: ((int, float), "a number"), str: ((str,), "a string"),
+          Optional[int]: ((int, type(None)), "an integer or null"),
+          Optional[str]: ((str, type(None)), "a string or null")}
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     # model
@@ -43,6 +49,10 @@ class Config:
         def need(ok, field, msg):
             if not ok:
                 raise ConfigError(f"{field}={getattr(self, field)!r}: {msg}")
+        for f in dataclasses.fields(self):
+            kinds, name = _KINDS[f.type]
+            value = getattr(self, f.name)
+            need(isinstance(value, kinds) and not isinstance(value, bool), f.name, f"must be {name}")
         need(self.order in ORDERS, "order", f"must be one of {', '.join(ORDERS)}")
         need(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         need(self.data_range in DATA_RANGES, "data_range", f"must be one of {', '.join(DATA_RANGES)}")
@@ -54,8 +64,11 @@ class Config:
             v = getattr(self, f)
             need(v is None or (isinstance(v, int) and v > 0), f, "must be a positive integer")
         need(self.lr > 0, "lr", "must be > 0")
-        need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "beta1", "betas must lie in [0, 1)")
+        need(0 <= self.beta1 < 1, "beta1", "must lie in [0, 1)")
+        need(0 <= self.beta2 < 1, "beta2", "must lie in [0, 1)")
         need(0 < self.lr_decay <= 1, "lr_decay", "must lie in (0, 1]")
+        # without jax_enable_x64 a key holds 32 bits of the seed: 2**32 would be seed 0 again
+        need(0 <= self.seed < 2 ** 32, "seed", "must lie in [0, 2**32)")
         return self
 
     def for_dataset(self, num_examples: int) -> "Config":
@@ -81,6 +94,8 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a config is a JSON object of fields, not {type(d).__name__}")
         return cls().replace(**d).validate()
 
 

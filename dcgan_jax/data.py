@@ -6,6 +6,7 @@ the step that failed and what to do instead; nothing here waits on a network tha
 import dataclasses
 import gzip
 import hashlib
+import math
 import os
 import socket
 import warnings
@@ -81,7 +82,7 @@ def read_idx(path: str, magic: int):
     ndim = raw[3]
     header = 4 + 4 * ndim
     dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims))
+    expected = header + math.prod(dims)   # Python ints: a crafted header must not overflow
     if len(raw) != expected:
         what = "truncated" if len(raw) < expected else "has trailing bytes"
         raise DataError(f"{path}: {what}: header says {'x'.join(map(str, dims))} "
@@ -102,6 +103,8 @@ def load_idx(data_dir: str, split: str = "train") -> Dataset:
                         f"the models need 28x28")
     if labels.ndim != 1:
         raise DataError(f"{labels_path}: labels must be one-dimensional, got shape {labels.shape}")
+    if not len(images):
+        raise DataError(f"{images_path}: holds no images")
     if len(images) != len(labels):
         raise DataError(f"{images_path} holds {len(images)} images but {labels_path} holds "
                         f"{len(labels)} labels")

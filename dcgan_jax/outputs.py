@@ -37,6 +37,9 @@ def prepare_run_dir(path: str, overwrite: bool = False) -> str:
         if not overwrite:
             raise RunDirError(f"run dir {path!r} exists and is not empty; pass --resume {path} to "
                               f"continue it, --overwrite to replace it, or --out elsewhere")
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise RunDirError(f"{path!r} is not a run directory (no config.json) and --overwrite replaces "
+                              f"run directories only; empty it yourself or pass another --out")
         if not os.access(path, os.W_OK):
             raise RunDirError(f"run dir {path!r} is not writable")
         shutil.rmtree(path)
@@ -52,7 +55,8 @@ def prepare_run_dir(path: str, overwrite: bool = False) -> str:
 def check_resumable(path: str):
     """A run directory this program made, that can be written to."""
     if not os.path.isdir(path):
-        raise RunDirError(f"run dir {path!r} does not exist: nothing to resume")
+        raise RunDirError(f"run dir {path!r} " + ("is not a folder" if os.path.exists(path) else
+                                                  "does not exist") + ": nothing to resume")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise RunDirError(f"run dir {path!r} has no config.json: not a run directory to resume")
     try:
@@ -80,7 +84,10 @@ def write_config(run_dir: str, config: Config, **extra):
 def read_run_info(run_dir: str) -> dict:
     """config.json as written: the config's fields and the run's extras (backend, keep, ...)."""
     with open(os.path.join(run_dir, "config.json")) as f:
-        return json.load(f)
+        info = json.load(f)
+    if not isinstance(info, dict):
+        raise ValueError(f"a JSON {type(info).__name__}, not an object of config fields")
+    return info
 
 
 def read_config(run_dir: str) -> Config:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import outputs
-from .checkpoints import CheckpointError, RunCheckpoints, config_conflicts
+from .checkpoints import RESTART_HINT, CheckpointError, RunCheckpoints, config_conflicts
 from .config import Config, ConfigError
 from .data import Dataset, load_mnist
 from .parallel import DataParallel
@@ -93,6 +93,10 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
     config = config.for_dataset(len(data.images))
     dp = parallel or DataParallel()
     dp.check_batch_size(config.batch_size)
+    for name in ("data_dir", "tfds_data_dir") if overwrite else ():
+        path, folder = getattr(config, name), os.path.abspath(run_dir)
+        if path and "://" not in path and os.path.commonpath([folder, path]) == folder:
+            raise outputs.RunDirError(f"{name} {path!r} is inside {run_dir!r}, which --overwrite deletes")
     primary = jax.process_index() == 0
     log = log if primary else (lambda _: None)
     if not resume and primary:
@@ -100,11 +104,26 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
     _sync("run dir ready")
 
     checkpoints = RunCheckpoints(run_dir, keep)
+    try:
+        return _fit(config, run_dir, data, dp, checkpoints, resume, checkpoint_every, keep, progress, log)
+    finally:  # orbax's threads, left open, print tracebacks at exit
+        checkpoints.close()
+
+
+def _fit(config: Config, run_dir: str, data: Dataset, dp: DataParallel, checkpoints: RunCheckpoints, resume: bool,
+         checkpoint_every: int, keep: int, progress: bool, log: Callable[[str], None]) -> TrainState:
+    primary = jax.process_index() == 0
     restored = checkpoints.restore_latest(config, dp.abstract, log) if resume else None
     if restored and restored.meta.get("num_examples") != len(data.images):
         raise CheckpointError(f"{checkpoints.directory}/{restored.epoch}: made with {restored.meta.get('num_examples')} "
                               f"training images, this data has {len(data.images)} ({data.source})")
+    if restored and restored.epoch > config.epochs:
+        raise ConfigError(f"epochs={config.epochs}: {run_dir} has trained and checkpointed {restored.epoch} "
+                          f"epochs; --epochs can only extend a resumed run")
     if resume and restored is None:  # killed before its first checkpoint: start it again
+        if os.path.isdir(os.path.join(run_dir, "corrupt_checkpoints")):
+            raise CheckpointError(f"{checkpoints.directory}: no intact checkpoint left (the corrupt ones are in "
+                                  f"corrupt_checkpoints/); {RESTART_HINT}")
         conflicts = config_conflicts(outputs.read_config(run_dir), config)
         if conflicts:
             raise CheckpointError(f"{os.path.join(run_dir, 'config.json')}: {'; '.join(conflicts)} "
@@ -134,7 +153,6 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
     state, images, fixed_z, train_key, learning_rates, initialised = _start(
         config, dp, data, restored.state if restored else None, None if finished else start, loop)
     if done:
-        checkpoints.close()
         log(f"{run_dir} already finished: epoch {start - 1} of {config.epochs} is checkpointed; nothing to do")
         return state
 
@@ -191,7 +209,6 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
         if not overlap and epoch < config.epochs:
             running = start_epoch(state, epoch + 1)
 
-    checkpoints.close()
     if primary:
         steps = {k: np.concatenate(v) for k, v in history.items()}
         outputs.plot_losses(os.path.join(run_dir, "losses.png"), steps["loss_g"], steps["loss_d"],
@@ -259,7 +276,6 @@ def _check_finite(metrics: dict, epoch: int, config: Config, checkpoints: RunChe
     saved = checkpoints.epochs()
     last = (f"last good checkpoint: epoch {saved[-1]} ({os.path.join(checkpoints.directory, str(saved[-1]))})"
             if saved else "no checkpoint was saved yet")
-    checkpoints.close()
     raise TrainingDiverged(f"training diverged: {name} is {float(metrics[name][i])} at step "
                            f"{(epoch - 1) * config.steps_per_epoch + i + 1} (epoch {epoch}, step {i + 1} of "
                            f"{config.steps_per_epoch}); stopped without saving epoch {epoch}; {last}")

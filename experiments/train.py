@@ -7,9 +7,9 @@
 Presets: reference (the tutorial exactly: G-then-D, [0, 1] data, 20 epochs of 600 steps of 100),
 default (the same with D-then-G), quick (2 epochs of 4 steps of 16, a smoke test). Every config
 field has a flag overriding the preset; see --help. A run checkpoints every --checkpoint-every
-epochs; --resume RUN_DIR continues it from its newest intact checkpoint with its own config
-(only --epochs, --data-dir, --tfds-data-dir and --loop may be given again). The batch is split
-across all devices; --distributed first joins the processes of a multi-host run.
+epochs; --resume RUN_DIR continues it from its newest intact checkpoint with its own config (only
+--epochs, --data-dir, --tfds-data-dir, --loop, --checkpoint-every and --keep may be given again).
+The batch is split across all devices; --distributed first joins the processes of a multi-host run.
 
 Exit status: 0 done, 1 bad data / run dir / checkpoint, 2 bad flag or config, 3 training diverged,
 130 interrupted (Ctrl-C: what was checkpointed stays, --resume continues from it).

@@ -1,6 +1,7 @@
 """Every bad input to `python -m experiments.train`: one clear line on stderr, a non-zero exit, and
 nothing that existed overwritten or lost. One test per case of the reliability issue."""
 import gzip
+import json
 import os
 import shutil
 
@@ -78,6 +79,18 @@ def test_images_not_28x28(data, tmp_path, capsys):
     refused(TINY + ["--data-dir", data], capsys, tmp_path / "run", "images are 32x32; the models need 28x28")
 
 
+def test_no_images(data, tmp_path, capsys):
+    write_idx(images_file(data), np.zeros((0, 28, 28)), 2051, compress=False)
+    refused(TINY + ["--data-dir", data], capsys, tmp_path / "run", f"{images_file(data)}: holds no images")
+
+
+def test_a_header_whose_size_overflows_64_bits(data, tmp_path, capsys):
+    header = (2051).to_bytes(4, "big") + b"".join((2 ** 31).to_bytes(4, "big") for _ in range(2)) + (4).to_bytes(4, "big")
+    open(images_file(data), "wb").write(header)
+    refused(TINY + ["--data-dir", data], capsys, tmp_path / "run",
+            f"truncated: header says 2147483648x2147483648x4 ({16 + 2 ** 64} bytes), file holds 16 bytes")
+
+
 def test_corrupt_gzip(tmp_path, capsys):
     data = make_idx_dir(tmp_path / "mnist", n_train=16, n_test=4)
     path = os.path.join(data, "train-images-idx3-ubyte.gz")
@@ -101,6 +114,9 @@ def test_corrupt_gzip(tmp_path, capsys):
     (["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
     (["--checkpoint-every", "0"], "checkpoint_every=0: must be a positive integer"),
     (["--keep", "0"], "keep=0: must be a positive integer"),
+    (["--beta2", "1.5"], "beta2=1.5: must lie in [0, 1)"),
+    (["--seed", str(2 ** 32)], "seed=4294967296: must lie in [0, 2**32)"),   # a key holds 32 bits of it
+    (["--seed", "-1"], "seed=-1: must lie in [0, 2**32)"),
 ])
 def test_bad_flag_values(flags, match, data, tmp_path, capsys):
     line = refused(TINY + ["--data-dir", data] + flags, capsys, tmp_path / "run", match)
@@ -156,6 +172,56 @@ def test_run_dir_exists_and_is_not_empty(finished_run, tmp_path, capsys):
     code, line = run_cli(TINY + ["--data-dir", data, "--out", run], capsys)
     assert code == 1 and f"run dir '{run}' exists and is not empty; pass --resume" in line
     assert snapshot(run) == before
+
+
+def test_overwrite_replaces_run_directories_only(data, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    code, line = run_cli(TINY + ["--data-dir", data, "--out", str(mine), "--overwrite"], capsys)
+    assert code == 1 and "is not a run directory (no config.json) and --overwrite replaces run directories only" in line
+    assert snapshot(mine) == {"thesis.tex": b"years of work"}
+
+
+def test_overwrite_refuses_a_run_dir_holding_the_data(finished_run, tmp_path, capsys):
+    data, run = finished_run
+    run = copy_of(run, tmp_path)
+    inside = shutil.copytree(data, run / "mnist")
+    before = snapshot(run)
+    code, line = run_cli(TINY + ["--data-dir", str(inside), "--out", str(run), "--overwrite"], capsys)
+    assert code == 1 and f"data_dir '{inside}' is inside '{run}', which --overwrite deletes" in line
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: dict(c, lr="abc"), "lr='abc': must be a number"),
+    (lambda c: dict(c, beta1=None), "beta1=None: must be a number"),
+    (lambda c: dict(c, epochs=True), "epochs=True: must be an integer"),
+    (lambda c: [c], "a JSON list, not an object of config fields"),
+])
+def test_hand_edited_config_json_of_wrong_types(finished_run, tmp_path, capsys, edit, match):
+    _, run = finished_run
+    run = copy_of(run, tmp_path)
+    path = run / "config.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    before = snapshot(run)
+    code, line = run_cli(["--resume", str(run), "--no-progress"], capsys)
+    assert code == 1 and f"{path}" in line and match in line, line
+    assert snapshot(run) == before
+
+
+def test_resume_cannot_shorten_a_run(finished_run, capsys):
+    _, run = finished_run
+    before = snapshot(run)
+    code, line = run_cli(["--resume", run, "--epochs", "2", "--no-progress"], capsys)
+    assert code == 2 and f"epochs=2: {run} has trained and checkpointed 3 epochs" in line
+    assert snapshot(run) == before
+
+
+def test_resume_of_a_file(tmp_path, capsys):
+    (tmp_path / "run").write_text("")
+    code, line = run_cli(["--resume", str(tmp_path / "run")], capsys)
+    assert code == 1 and "is not a folder: nothing to resume" in line
 
 
 def test_output_dir_not_writable(data, tmp_path, capsys):
@@ -236,6 +302,11 @@ def test_no_intact_checkpoint_left(finished_run, tmp_path, capsys):
     code, line = run_cli(["--resume", str(run), "--no-progress"], capsys)
     assert code == 1 and "no intact checkpoint left (corrupt: epochs 3, 2, 1" in line
     assert sorted(os.listdir(run / "corrupt_checkpoints")) == ["epoch_1", "epoch_2", "epoch_3"]
+    # Asked again, it must not start the finished run again over its files.
+    before = snapshot(run)
+    code, line = run_cli(["--resume", str(run), "--no-progress"], capsys)
+    assert code == 1 and "no intact checkpoint left (the corrupt ones are in corrupt_checkpoints/)" in line
+    assert snapshot(run) == before
 
 
 def test_resume_of_a_missing_run_dir(tmp_path, capsys):
