@@ -3,8 +3,9 @@
 RUN_DIR/checkpoints/<epoch>/ (one folder per saved epoch, the last `keep` kept) holds three items:
   state/    the TrainState arrays: step, G/D params, BatchNorm statistics, both optax states
   history/  the per-step metrics so far (float32 arrays, as step_metrics.npz)
-  meta/     JSON: epoch, the resolved config, the per-epoch metrics records so far, the number of
-            training images, and a sha256 of the state arrays
+  meta/     JSON: epoch, the resolved config, the per-epoch metrics records so far, the number and
+            the sha256 of the training images (a resumed run must see the same), and a sha256 of
+            the state arrays
 The PRNG key stream needs no saving: the key of every epoch is epoch_key(train_key, epoch) with
 train_key from the seed, so the epoch counter is the stream's position.
 

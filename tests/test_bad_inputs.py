@@ -344,4 +344,7 @@ def test_resume_with_other_data(finished_run, tmp_path, capsys):
     before = snapshot(run)
     code, line = run_cli(["--resume", run, "--data-dir", other, "--epochs", "4"], capsys)
     assert code == 1 and f"{run}/checkpoints/3: made with 16 training images, this data has 20" in line
+    same_size = make_idx_dir(tmp_path / "mnist16", n_train=16, n_test=4, seed=1)   # other images
+    code, line = run_cli(["--resume", run, "--data-dir", same_size, "--epochs", "4"], capsys)
+    assert code == 1 and f"{run}/checkpoints/3: made with other training images than idx:{same_size}" in line
     assert snapshot(run) == before
