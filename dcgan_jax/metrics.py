@@ -1,9 +1,9 @@
 """Sample-quality metrics for MNIST generators, computed with the committed MNIST classifier.
 
 The usual GAN metrics with `extractor.MnistCNN` in Inception's place: its 128 penultimate
-features for FID, KID, precision/recall and density/coverage, its class posterior for the Inception Score and
-class coverage. Scores are comparable between runs and frameworks (same weights, same test set),
-not with Inception-based numbers from papers.
+features for FID, KID, precision/recall and density/coverage, its class posterior for the
+Inception Score and class coverage. Scores are comparable between runs and frameworks (same
+weights, same test set), not with Inception-based numbers from papers.
 
 `sample_quality(images)` scores generated images against the MNIST test set;
 `real_baselines()` gives the same scores for real train images (the floor a perfect generator
@@ -157,7 +157,8 @@ def compare(probs, features, ref_features, k: int = 3, kid_subsets: int = 100,
     density, coverage = density_coverage(ref_features, features)
     return {"fid": frechet_distance(features, ref_features), "kid": kid, "kid_std": kid_std,
             "inception_score": inception_score(probs), "precision": precision, "recall": recall,
-            "density": density, "coverage": coverage, **class_coverage(probs), "num_samples": len(features), "num_reference": len(ref_features)}
+            "density": density, "coverage": coverage, **class_coverage(probs),
+            "num_samples": len(features), "num_reference": len(ref_features)}
 
 
 def sample_quality(images, data_dir: Optional[str] = None, *, tfds_data_dir: Optional[str] = None,

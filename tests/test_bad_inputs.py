@@ -85,7 +85,7 @@ def test_no_images(data, tmp_path, capsys):
 
 
 def test_a_header_whose_size_overflows_64_bits(data, tmp_path, capsys):
-    header = (2051).to_bytes(4, "big") + b"".join((2 ** 31).to_bytes(4, "big") for _ in range(2)) + (4).to_bytes(4, "big")
+    header = b"".join(n.to_bytes(4, "big") for n in (2051, 2 ** 31, 2 ** 31, 4))   # magic, then 3 dims
     open(images_file(data), "wb").write(header)
     refused(TINY + ["--data-dir", data], capsys, tmp_path / "run",
             f"truncated: header says 2147483648x2147483648x4 ({16 + 2 ** 64} bytes), file holds 16 bytes")
