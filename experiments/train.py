@@ -61,7 +61,8 @@ def parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--out", help="run directory to create (default: runs/PRESET-TIMESTAMP)")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty run directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty run directory (one with a config.json)")
     p.add_argument("--checkpoint-every", type=int, metavar="EPOCHS",
                    help="checkpoint every EPOCHS epochs, and always at the last (default: 1, or the resumed run's)")
     p.add_argument("--keep", type=int, metavar="N", help="keep the last N checkpoints (default: 3, or the resumed run's)")
