@@ -278,7 +278,8 @@ def _scan_epoch(state: TrainState, images, key, platform: Optional[str] = None):
 
 
 def resolve_loop(loop: str) -> str:
-    """'auto' scans on accelerators; on CPU, XLA's conv weight gradients run ~35x slower inside a scan."""
+    """'auto' scans on accelerators; on CPU, XLA's conv weight gradients run 14-37x slower inside
+    a scan (benchmarks/NOTES.md)."""
     return ("steps" if jax.default_backend() == "cpu" else "scan") if loop == "auto" else loop
 
 
