@@ -1,5 +1,6 @@
 """Training functions: purity, keys, epoch loop strategies, order/k options, schedule, dtypes."""
 import collections
+import dataclasses
 import re
 
 import jax
@@ -9,6 +10,7 @@ import optax
 import pytest
 
 from dcgan_jax import Config, create_train_state, learning_rate, train_epoch, train_step
+from dcgan_jax.config import PRESETS
 from dcgan_jax.train import build_optimizers, jitted_train_step, lr_schedule, platform_of, scale_images
 
 BATCH = 8
@@ -70,7 +72,8 @@ def test_scanned_epoch_equals_loop_of_steps(images, monkeypatch):
         assert platforms == [jax.devices()[0].platform] * 4  # each traced for where it runs
         scanned, m_scan = train_epoch(state, images, key, loop="scan")
         for a, b in zip(jax.tree.leaves((looped, m_loop)), jax.tree.leaves((scanned, m_scan))):
-            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+            # a wrong batch or key moves values by ~1e-2; float64 rounding, up to ~2e-12 near 0
+            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
 
 
 def test_step_lr_schedule_matches_steplr():
@@ -82,8 +85,40 @@ def test_step_lr_schedule_matches_steplr():
     # the discriminator's schedule counts its d_steps updates per iteration
     d_sched = lr_schedule(Config(steps_per_epoch=7, d_steps=3), 3 * 7)
     assert float(d_sched(5 * 7 * 3 - 1)) == pytest.approx(2e-4) and float(d_sched(5 * 7 * 3)) == pytest.approx(1e-4)
-    g_tx, d_tx = build_optimizers(Config(steps_per_epoch=7, d_steps=3))
-    assert g_tx is not None and d_tx is not None
+
+
+def _adam_step_sizes(tx, updates: int):
+    """|update| of each of `updates` Adam steps on a constant gradient 1: m_hat = v_hat = 1, so
+    each update is the learning rate in force (times 1 / (1 + eps), eps = 1e-8)."""
+    params, grad = {"w": jnp.zeros(())}, {"w": jnp.ones(())}
+    opt, sizes = tx.init(params), []
+    for _ in range(updates):
+        update, opt = tx.update(grad, opt, params)
+        sizes.append(-float(update["w"]))
+    return np.array(sizes)
+
+
+def test_each_optimizer_halves_its_lr_every_five_epochs_of_its_own_updates():
+    """StepLR(5, 0.5) per epoch: G makes steps_per_epoch updates per epoch, D d_steps times as many."""
+    steps_per_epoch, d_steps = 2, 3
+    g_tx, d_tx = build_optimizers(Config(steps_per_epoch=steps_per_epoch, d_steps=d_steps))
+    for tx, per_epoch in ((g_tx, steps_per_epoch), (d_tx, d_steps * steps_per_epoch)):
+        n = 6 * per_epoch       # epochs 1-6: the first halving comes with epoch 6
+        epochs = np.arange(n) // per_epoch + 1
+        expected = 2e-4 * 0.5 ** ((epochs - 1) // 5)
+        np.testing.assert_allclose(_adam_step_sizes(tx, n), expected, rtol=1e-3)  # float32 bias corrections
+
+
+def test_config_defaults_are_the_tutorials_facts():
+    """../shared/REFERENCE.md; the default order is D-then-G, the reference preset the tutorial's."""
+    c = Config()
+    assert (c.latent_dim, c.batch_size, c.epochs, c.d_steps) == (10, 100, 20, 1)
+    assert (c.lr, c.beta1, c.beta2) == (2e-4, 0.5, 0.999)                 # Adam(lr=2e-4, betas=(0.5, 0.999))
+    assert (c.lr_decay_every, c.lr_decay) == (5, 0.5)                     # StepLR(step_size=5, gamma=0.5)
+    assert c.data_range == "zero_one"                                     # ToTensor(): [0, 1]
+    assert c.samples_bn == "batch" and c.num_samples == 16                # never .eval(); a 4 x 4 grid
+    assert c.order == "d_then_g"
+    assert PRESETS["reference"] == dataclasses.replace(c, order="g_then_d")
 
 
 def test_data_range_scaling():
