@@ -112,7 +112,9 @@ def torch_to_flax(state_dict, model: str):
         node = variables[collection]
         for name in path[:-1]:
             node = node.setdefault(name, {})
-        node[path[-1]] = jnp.asarray(np.ascontiguousarray(to_flax(value)))
+        # a copy: .numpy() shares the tensor's memory, and jax < 0.10.1 on CPU keeps using it, so
+        # torch's in-place updates (BatchNorm statistics in train mode) would show up in flax
+        node[path[-1]] = jnp.array(to_flax(value))
     return variables
 
 

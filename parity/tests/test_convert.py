@@ -30,6 +30,20 @@ def test_conv_transpose_kernel_is_flipped_and_transposed():
     np.testing.assert_array_equal(kernel[0, 1, 2, 3], w[2, 3, 3, 2])
 
 
+def test_torch_to_flax_copies_what_torch_updates_in_place():
+    """A train-mode forward updates BatchNorm's running statistics in place; the converted
+    variables must keep the values they had (jax < 0.10.1 on CPU shared numpy's memory)."""
+    G = reference.Generator()
+    variables = torch_to_flax(G.state_dict(), "generator")
+    before = jax.tree.map(np.array, variables)
+    G.train()
+    G(torch.randn(4, 10, 1, 1))
+    with torch.no_grad():
+        G.layer1[0][0].weight.add_(1.0)
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(variables)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_unknown_model_is_refused():
     with pytest.raises(ConversionError, match="model='critic'"):
         torch_to_flax({}, "critic")
