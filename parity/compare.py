@@ -34,7 +34,8 @@ STATS_TOL = 1e-10         # float64 BatchNorm statistics after one iteration: re
                           # running variance would be ~1e-5 off)
 STEP_TOL = 1e-4           # float64 per-step losses and D(x), D(G(z)): max |diff|
 FINAL_TOL = 1e-4          # float64 weights and statistics after the trajectory: relative
-FLOAT32_RATIO = 2.0       # JAX float32's distance to float64 <= this x PyTorch float32's
+FLOAT32_RATIO = 3.0       # JAX float32's distance to float64 <= this x PyTorch float32's: seeds
+                          # 0-99 gave <= 2.24 (per-step max), 1.70 (mean), 0.89-1.11 (final)
 LATENTS = 10
 
 # REFERENCE.md's tables: each block's output, (C, H, W).
