@@ -26,8 +26,9 @@ import orbax.checkpoint as ocp
 from .config import Config
 from .train import TrainState, create_train_state
 
-# Fields a resumed run may change: they decide how long and from where, not what is computed.
-RESUMABLE_FIELDS = ("epochs", "data_dir", "tfds_data_dir", "loop")
+# Fields a resumed run may change: they decide how long, from where and in which form, not what
+# is computed (kernels change only float rounding).
+RESUMABLE_FIELDS = ("epochs", "data_dir", "tfds_data_dir", "loop", "kernels")
 
 
 RESTART_HINT = "--overwrite starts the run again, deleting them"

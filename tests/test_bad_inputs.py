@@ -317,15 +317,15 @@ def test_resume_of_a_missing_run_dir(tmp_path, capsys):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, tmp_path, capsys, monkeypatch):
     """A state that turned NaN during epoch 2 (here: D's weights poisoned as epoch 2 starts)."""
     import jax
-    from dcgan_jax.parallel import DataParallel
-    real_epoch, calls = DataParallel.train_epoch, []
+    from dcgan_jax import run
+    real_epoch, calls = run.train_epoch, []
 
-    def poisoned(self, state, *args, **kwargs):
+    def poisoned(state, *args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             state = state.replace(d_params=jax.tree.map(lambda p: p * np.nan, state.d_params))
-        return real_epoch(self, state, *args, **kwargs)
-    monkeypatch.setattr(DataParallel, "train_epoch", poisoned)
+        return real_epoch(state, *args, **kwargs)
+    monkeypatch.setattr(run, "train_epoch", poisoned)
     data, _ = finished_run
     out = tmp_path / "run"
     code, line = run_cli(TINY + ["--data-dir", data, "--out", str(out)], capsys)
