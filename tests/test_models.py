@@ -1,4 +1,4 @@
-"""The flax modules against the reference tables (../shared/REFERENCE.md)."""
+"""The flax modules against the reference tables (docs/tutorial.md)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
