@@ -1,7 +1,7 @@
-"""Benchmark dcgan_jax against the PyTorch tutorial: same data, batch, device, in one sitting.
+"""Benchmark dcgan_jax against the PyTorch tutorial: same data, batch, device, one invocation.
 
   python -m benchmarks.bench --device gpu --epochs 3 --data-dir ../shared/data/mnist --json out.json
-  python -m benchmarks.bench --device cpu --epochs 2 --steps-per-epoch 5     # minutes on 2 cores
+  python -m benchmarks.bench --device cpu --epochs 2 --steps-per-epoch 5     # minutes on a CPU
 
 Each variant runs in its own subprocess (its own compile caches, allocator and peak memory);
 the table and JSON report the steady epoch (median of the epochs after the first), the first
@@ -24,7 +24,7 @@ from benchmarks.flops import step_flops
 
 TORCH_VARIANTS = ("torch_tutorial", "torch_device_data", "torch_compile")
 JAX_VARIANTS = ("jax_scan_fp32", "jax_steps_fp32", "jax_scan_bf16", "jax_steps_bf16")
-# CPU: torch.compile needs a C++ toolchain and minutes; XLA:CPU is slow inside a scan (NOTES.md).
+# CPU: torch.compile needs a C++ toolchain and minutes; XLA:CPU is slow inside a scan (docs/performance.md).
 DEFAULT_VARIANTS = {"gpu": TORCH_VARIANTS + JAX_VARIANTS,
                     "cpu": ("torch_tutorial", "torch_device_data", "jax_steps_fp32", "jax_steps_bf16")}
 

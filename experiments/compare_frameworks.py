@@ -14,7 +14,7 @@ run, the summary, the machine), OUT/compare.md (the table: mean ± std over seed
 dcgan_jax runs, OUT/jax_seedN/; a non-empty OUT is refused unless --overwrite.
 Epoch times exclude the first epoch (compilation, warm-up), which is listed separately. On CPU,
 --cpu-memory-reuse (default on, as in the training CLI) tunes the process's malloc for both
-frameworks (steps ~15 % faster for PyTorch, ~7 % for dcgan_jax: benchmarks/NOTES.md, CPU attempt 15).
+frameworks, so that neither pays for page faults the other does not (docs/performance.md).
 """
 import argparse
 import json

@@ -1,8 +1,8 @@
 """`python -m parity.check`: dcgan_jax against the PyTorch tutorial, one table row per layer and
 quantity, with its max abs / rel difference and pass or fail. Exit code 0 if every row passes.
 
-Takes a few minutes on a 2-core CPU (three JAX train steps compile). Same comparisons as
-`pytest parity`; see parity/compare.py for what each group measures.
+Three JAX train steps compile, so it takes a while on a CPU. Same comparisons as `pytest parity`;
+see parity/compare.py for what each group measures.
 """
 import argparse
 import math

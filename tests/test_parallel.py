@@ -3,7 +3,7 @@
 The device count is fixed when JAX starts, so the check runs in a subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=8. It runs in float64: 8 devices reduce
 BatchNorm statistics and gradients in another order than 1, and float32 rounding differences
-grow through Adam (docs/parity.md); in float64 a real bug (per-device
+grow through Adam (see docs/tutorial.md#parity-notes); in float64 a real bug (per-device
 BatchNorm statistics, a dropped shard) is still off by orders of magnitude more than 1e-5.
 """
 import json

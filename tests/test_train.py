@@ -52,7 +52,7 @@ def test_train_step_is_pure_key_driven_and_counts_d_steps(state, images):
 
 def test_scanned_epoch_equals_loop_of_steps(images):
     """Same batches and keys either way. Different programs round differently in float32, so
-    compare in float64 (docs/parity.md)."""
+    compare in float64 (docs/tutorial.md#parity-notes)."""
     with jax.enable_x64(True):
         config = Config(batch_size=4, steps_per_epoch=2, dtype="float64").for_dataset(32)
         state = create_train_state(config, jax.random.key(0))
@@ -104,7 +104,7 @@ def test_each_optimizer_halves_its_lr_every_five_epochs_of_its_own_updates():
 
 
 def test_config_defaults_are_the_tutorials_facts():
-    """docs/tutorial.md; the default order is D-then-G, the reference preset the tutorial's."""
+    """docs/tutorial.md#training-loop; the default order is D-then-G, the reference preset the tutorial's."""
     c = Config()
     assert (c.latent_dim, c.batch_size, c.epochs, c.d_steps) == (10, 100, 20, 1)
     assert (c.lr, c.beta1, c.beta2) == (2e-4, 0.5, 0.999)                 # Adam(lr=2e-4, betas=(0.5, 0.999))
