@@ -179,8 +179,13 @@ def test_overwrite_replaces_run_directories_only(data, tmp_path, capsys):
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
     code, line = run_cli(TINY + ["--data-dir", data, "--out", str(mine), "--overwrite"], capsys)
-    assert code == 1 and "is not a run directory (no config.json) and --overwrite replaces run directories only" in line
+    assert code == 1 and "not a run directory made by dcgan_jax" in line
     assert snapshot(mine) == {"thesis.tex": b"years of work"}
+    # The reproduction: a config.json does not make a folder ours.
+    (mine / "config.json").write_text('{"model_type": "x"}')
+    code, line = run_cli(TINY + ["--data-dir", data, "--out", str(mine), "--overwrite"], capsys)
+    assert code == 1 and "not provably one; remove it yourself" in line
+    assert snapshot(mine) == {"thesis.tex": b"years of work", "config.json": b'{"model_type": "x"}'}
 
 
 def test_overwrite_refuses_a_run_dir_holding_the_data(finished_run, tmp_path, capsys):
