@@ -69,7 +69,7 @@ def prepare_run_dir(path: str, overwrite: bool = False, protected=()) -> Optiona
     if os.path.exists(real) and not os.path.isdir(real):
         raise RunDirError(f"run dir {path!r} exists and is not a folder")
     moved = None
-    if os.path.isdir(real) and os.listdir(real):
+    if os.path.isdir(real) and set(os.listdir(real)) - {MARKER, LOCK}:  # ours alone: a start cut short
         if not overwrite:
             raise RunDirError(f"run dir {path!r} exists and is not empty; pass --resume {path} to "
                               f"continue it, --overwrite to replace it, or --out elsewhere")

@@ -36,6 +36,18 @@ def test_a_new_run_dir_is_marked_as_ours(tmp_path):
     assert json.loads((tmp_path / "run" / outputs.MARKER).read_text()) == {"created_by": "dcgan_jax"}
 
 
+def test_a_run_dir_holding_only_our_marker_and_lock_is_reused(tmp_path):
+    """What a start interrupted right after creating the run dir leaves: reusable with --out."""
+    run = tmp_path / "run"
+    prepare_run_dir(str(run))
+    with run_dir_lock(str(run)):
+        pass
+    assert prepare_run_dir(str(run)) is None and sorted(os.listdir(run)) == sorted([outputs.MARKER, outputs.LOCK])
+    (run / "config.json").write_text("{}")
+    with pytest.raises(RunDirError, match="exists and is not empty"):
+        prepare_run_dir(str(run))
+
+
 def test_overwrite_moves_the_old_run_aside_and_never_deletes(tmp_path):
     run = old_run(tmp_path / "run")
     first = snapshot(run)
