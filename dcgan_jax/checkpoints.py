@@ -102,6 +102,7 @@ class RunCheckpoints:
                     state_sha256=state_digest(state))
         history = {k: np.asarray(v, np.float32) for k, v in history.items()}
         where = os.path.join(self.directory, str(epoch))
+        self._check_space(where)
         try:
             self.manager.save(epoch, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), history=ocp.args.StandardSave(history),
@@ -117,6 +118,23 @@ class RunCheckpoints:
             if isinstance(e, Exception) and not isinstance(e, WriteError):
                 raise WriteError(f"cannot write checkpoint {where}: {_cause(e)}") from None
             raise
+
+    def _check_space(self, where: str):
+        """Refuse a save the disk cannot hold, before orbax starts it.
+
+        Orbax writes the new checkpoint before it deletes the oldest, so it needs about the room
+        the last one took. A write failing midway is caught too (below), but orbax then abandons
+        its other writes, whose callbacks print tracebacks from tensorstore's threads.
+        """
+        last = self.epochs()
+        if not last:
+            return
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in
+                   os.walk(os.path.join(self.directory, str(last[-1]))) for f in fs)
+        free = shutil.disk_usage(self.directory).free
+        if free < 1.1 * size:
+            raise WriteError(f"cannot write checkpoint {where}: no space left on device ({free / 2**20:.0f} MiB "
+                             f"free, the last checkpoint took {size / 2**20:.0f} MiB)")
 
     def restore_latest(self, config: Config, place: Callable[[TrainState], TrainState],
                        log: Callable[[str], None] = print) -> Optional[Restored]:

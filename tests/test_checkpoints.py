@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -14,6 +15,7 @@ from conftest import make_idx_dir
 from dcgan_jax import create_train_state, preset
 from dcgan_jax import checkpoints
 from dcgan_jax.checkpoints import CheckpointError, RunCheckpoints, state_digest
+from dcgan_jax.outputs import WriteError
 from dcgan_jax.parallel import DataParallel
 
 
@@ -123,6 +125,19 @@ def test_the_state_digest_checks_the_arrays_as_restored(config, states, tmp_path
     messages = []
     assert ckpts.restore_latest(config, DataParallel().abstract, log=messages.append).epoch == 1
     assert "checkpoint of epoch 2 is corrupt (state arrays differ from their saved sha256)" in messages[0]
+    ckpts.close()
+
+
+def test_a_save_the_disk_cannot_hold_is_refused_before_orbax_starts(states, tmp_path, monkeypatch):
+    ckpts = save_all(tmp_path, states[:1])
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp_path / "checkpoints" / "1") for f in fs)
+    free = int(size * 1.05)
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: SimpleNamespace(free=free))
+    with pytest.raises(WriteError, match=rf"^cannot write checkpoint {tmp_path}/checkpoints/2: no space left on "
+                                         rf"device \({free / 2**20:.0f} MiB free, the last checkpoint took "
+                                         rf"{size / 2**20:.0f} MiB\)$"):
+        ckpts.save(2, states[1], records(2), history(2))
+    assert os.listdir(tmp_path / "checkpoints") == ["1"] and ckpts.epochs() == [1]
     ckpts.close()
 
 
