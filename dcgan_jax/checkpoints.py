@@ -38,7 +38,7 @@ from .train import TrainState, create_train_state
 RESUMABLE_FIELDS = ("epochs", "data_dir", "tfds_data_dir", "loop")
 
 
-RESTART_HINT = "--overwrite starts the run again, deleting them"
+RESTART_HINT = "--overwrite starts the run again (the old one is moved aside to RUN_DIR.old-N)"
 MANIFEST = "files.sha256"
 
 

@@ -10,7 +10,11 @@ Layout (all paths relative to the run directory):
   discriminator.msgpack     final discriminator variables, same format
   checkpoints/<epoch>/      orbax checkpoints of the full training state (layout in checkpoints.py)
   corrupt_checkpoints/      checkpoints found damaged on resume, moved here rather than deleted
-Every file is written to a temporary name and renamed into place, so none is ever half-written.
+  .dcgan_jax_run            written when this program creates the folder: the proof that
+                            --overwrite may move it aside (to RUN_DIR.old-N; nothing is deleted)
+  .dcgan_jax_lock           flock'ed by the one process using the run directory
+Every file is written to a temporary name and renamed into place, so none is ever half-written;
+a write that fails (no space left) raises WriteError naming the file and leaves the old version.
 """
 import contextlib
 import fcntl

@@ -194,7 +194,7 @@ def test_overwrite_refuses_a_run_dir_holding_the_data(finished_run, tmp_path, ca
     inside = shutil.copytree(data, run / "mnist")
     before = snapshot(run)
     code, line = run_cli(TINY + ["--data-dir", str(inside), "--out", str(run), "--overwrite"], capsys)
-    assert code == 1 and f"data_dir '{inside}' is inside '{run}', which --overwrite deletes" in line
+    assert code == 1 and f"'{inside}'" in line and "--overwrite" in line, line  # run.fit's or prepare_run_dir's
     assert snapshot(run) == before
 
 
