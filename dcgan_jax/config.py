@@ -11,6 +11,9 @@ SAMPLE_BN = ("batch", "running")
 KERNELS = ("auto", "flax", "xla", "cpu")   # dcgan_jax/kernels.py
 
 
+MAX_EPOCHS, MAX_SAMPLES = 100_000, 10_000
+
+
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the field."""
 
@@ -64,6 +67,9 @@ class Config:
         need(self.samples_bn in SAMPLE_BN, "samples_bn", f"must be one of {', '.join(SAMPLE_BN)}")
         for f in ("latent_dim", "d_steps", "batch_size", "epochs", "lr_decay_every", "num_samples"):
             need(isinstance(getattr(self, f), int) and getattr(self, f) > 0, f, "must be a positive integer")
+        # past these a typo would run for years or exhaust memory instead of failing at once
+        need(self.epochs <= MAX_EPOCHS, "epochs", f"must be at most {MAX_EPOCHS:,}")
+        need(self.num_samples <= MAX_SAMPLES, "num_samples", f"must be at most {MAX_SAMPLES:,}")
         for f in ("steps_per_epoch", "max_train_examples"):
             v = getattr(self, f)
             need(v is None or (isinstance(v, int) and v > 0), f, "must be a positive integer")

@@ -47,6 +47,8 @@ def resume_config(run_dir: str, **overrides) -> Config:
     """The config a run directory was made with, with `overrides` applied (fit checks them)."""
     outputs.check_resumable(run_dir)
     info = _run_info(run_dir)
+    if not info:
+        raise outputs.RunDirError(f"{os.path.join(run_dir, 'config.json')} holds no config (an empty object)")
     try:
         saved = Config.from_dict({k: v for k, v in info.items() if k in Config.__dataclass_fields__})
     except ValueError as e:

@@ -292,7 +292,11 @@ def train_epoch(state: TrainState, images, key, loop: Optional[str] = None,
     called after each step in "steps" mode (it costs a device sync per step).
     """
     cfg = state.config
-    plan, step, scan = epoch_programs(mesh_of(images))
+    mesh = mesh_of(images)
+    # where the programs' outputs live (a no-op once they are there): the first epoch's inputs
+    # then compile the same programs as every later one's
+    state, images = jax.device_put((state, images), NamedSharding(mesh, P()))
+    plan, step, scan = epoch_programs(mesh)
     key_data = np.asarray(jax.random.key_data(key))
     if resolve_loop(loop or cfg.loop) == "scan":
         return scan(state, images, key_data)

@@ -102,6 +102,9 @@ def main(argv=None) -> int:
                  if getattr(args, f.name) is not None}
     if args.deterministic:  # read when the backend starts, so before any computation
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
+    for flag in ("out", "resume"):
+        if getattr(args, flag) == "":
+            return _fail(f"--{flag} '': an empty path names no run directory", 2)
     if args.distributed and not (args.out or args.resume):
         return _fail("--distributed needs --out (or --resume): every process must name the same run dir", 2)
     if error := check_cpu_memory_reuse(args):
@@ -124,7 +127,11 @@ def main(argv=None) -> int:
         jax.config.update("jax_enable_x64", True)
     if args.distributed:
         from dcgan_jax.parallel import initialize_distributed
-        initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+        try:
+            initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
+        except (ValueError, RuntimeError) as e:
+            return _fail(f"--distributed: {e} (outside SLURM, Open MPI or Cloud TPU give --coordinator-address, "
+                         f"--num-processes and --process-id)", 2)
     from dcgan_jax.runtime import enable_compile_cache, enable_threefry_kernel
     enable_threefry_kernel()
     if args.compile_cache != "off":

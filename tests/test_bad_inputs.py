@@ -382,3 +382,34 @@ def test_resume_with_other_data(finished_run, tmp_path, capsys):
     code, line = run_cli(["--resume", run, "--data-dir", same_size, "--epochs", "4"], capsys)
     assert code == 1 and f"{run}/checkpoints/3: made with other training images than idx:{same_size}" in line
     assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--out", ""], "--out '': an empty path names no run directory"),
+    (["--resume", ""], "--resume '': an empty path names no run directory"),
+    (["--epochs", str(10 ** 11), "--out", "RUN"], "epochs=100000000000: must be at most 100,000"),
+    (["--num-samples", str(10 ** 8), "--out", "RUN"], "num_samples=100000000: must be at most 10,000"),
+    (["--lr", "inf", "--out", "RUN"], "lr=inf: must be a finite number"),
+    (["--lr", "nan", "--out", "RUN"], "lr=nan: must be a finite number"),
+])
+def test_flags_that_cannot_work_exit_2_before_anything_is_made(flags, message, tmp_path, capsys):
+    """Refused at once: an empty path (it named the current folder or a fresh default run), a run
+    that would take years or exhaust memory, a non-finite learning rate."""
+    flags = [str(tmp_path / "run") if f == "RUN" else f for f in flags]
+    code, line = run_cli(flags, capsys)
+    assert code == 2 and message in line, line
+    assert os.listdir(tmp_path) == []
+
+
+def test_distributed_without_a_cluster_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("jax.distributed.initialize",
+                        lambda **kw: (_ for _ in ()).throw(ValueError("coordinator_address should be defined.")))
+    code, line = run_cli(["--distributed", "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and "--distributed: coordinator_address should be defined." in line
+
+
+def test_a_config_json_of_an_empty_object_is_not_resumed(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    code, line = run_cli(["--resume", str(tmp_path / "run")], capsys)
+    assert code == 1 and "holds no config (an empty object)" in line

@@ -174,6 +174,7 @@ FULL_DISK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a subprocess
 def test_a_failed_save_names_the_cause_and_keeps_the_last_good_checkpoint(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(checkpoints.__file__)))
     out = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path / "run")], cwd=root, capture_output=True,

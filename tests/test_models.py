@@ -26,9 +26,9 @@ def table_param_count(table, head):
 
 @pytest.fixture(scope="module")
 def variables():
-    g_vars = Generator().init(jax.random.key(0), jnp.zeros((1, 10)), train=False)
-    d_vars = Discriminator().init(jax.random.key(1), jnp.zeros((1, 28, 28, 1)), train=False)
-    return g_vars, d_vars
+    # the init program create_train_state compiles (float32, latent 10): one compilation per session
+    from dcgan_jax.train import _init_variables
+    return _init_variables(10, "float32", jax.random.key(0))
 
 
 def count(tree):

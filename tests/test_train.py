@@ -50,6 +50,7 @@ def test_train_step_is_pure_key_driven_and_counts_d_steps(state, images):
     assert counts(s1.g_opt) == {1} and counts(s1.d_opt) == {2}
 
 
+@pytest.mark.slow
 def test_scanned_epoch_equals_loop_of_steps(images):
     """Same batches and keys either way. Different programs round differently in float32, so
     compare in float64 (docs/tutorial.md#parity-notes)."""
@@ -121,6 +122,7 @@ def test_data_range_scaling():
     np.testing.assert_allclose(scale_images(pixels, Config(data_range="minus_one_one")), [-1, 1])
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params(images):
     s = create_train_state(tiny(dtype="bfloat16"), jax.random.key(0))
     s, m = train_step(s, images[:BATCH], jax.random.key(1))
