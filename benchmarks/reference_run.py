@@ -45,7 +45,7 @@ class Timeline:
         from dcgan_jax.parallel import DataParallel
         is_metrics = lambda args: "wait for metrics" if isinstance(args[0], dict) and "loss_d" in args[0] else "to host"
         self.wrap(DataParallel, "to_host", is_metrics, static=True)
-        self.wrap(DataParallel, "train_epoch", "dispatch epoch")
+        self.wrap(run, "train_epoch", "dispatch epoch")
         self.wrap(RunCheckpoints, "save", "checkpoint")
         self.wrap(run, "generate", "samples")
         for name in ("save_grid", "write_metrics", "write_step_metrics"):
