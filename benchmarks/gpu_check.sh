@@ -12,7 +12,7 @@
 #     steps); a profile of the bf16 step.
 # The logs of the sessions run so far are in benchmarks/results/ (NOTES.md says which code ran).
 #   OUT=/tmp/o DEVICE=cpu STEPS=2 REF_STEPS=2 REF_EPOCHS=2 PROFILE_STEPS=1 AB_STEPS=1 AB_ROUNDS=2 AB_BATCH=8 \
-#     FP32=jax_steps_fp32 BF16=jax_steps_bf16 DATA_DIR=/work/shared/data/mnist bash benchmarks/gpu_session.sh
+#     FP32=jax_steps_fp32 BF16=jax_steps_bf16 DATA_DIR=/work/shared/data/mnist bash benchmarks/gpu_check.sh
 #   is a dry run on the CPU (about 5 minutes on 2 cores).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
