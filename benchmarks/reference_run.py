@@ -11,6 +11,8 @@ same, first empty, CACHE_DIR for cold vs warm start.
 for the epoch's metrics (the device still training), dispatching the next epoch, saving the
 checkpoint, writing samples and metrics. With overlapped epochs (scan), a wait near zero means the
 loop waited on the host's own work, not on the device.
+
+Exit status: experiments.train's; 2 without a CACHE_DIR.
 """
 import collections
 import functools
@@ -73,6 +75,13 @@ def main(argv=None):
     timeline = Timeline() if "--timeline" in argv else None
     if timeline:
         argv.remove("--timeline")
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
+    if not argv or argv[0].startswith("-"):
+        print("error: the first argument is CACHE_DIR (see --help)", file=sys.stderr)
+        return 2
+    if timeline:
         timeline.install()
     from experiments.train import main as train
     code = train(["--compile-cache", argv[0], *argv[1:]])
