@@ -1,16 +1,18 @@
-"""In-process A/B of model-code variants on the reference training step (timings across processes
-are too noisy for changes of a few per cent on a shared machine).
+"""In-process A/B of variants of the reference training step (timings across processes are too
+noisy for changes of a few per cent on a shared machine).
 
   python -m benchmarks.ab_step VARIANTS.py [--rounds 30] [--batch-size 100]        # CPU: jitted steps
   python -m benchmarks.ab_step VARIANTS.py --loop scan --steps 100 --rounds 10      # GPU: scanned steps
 
-VARIANTS.py defines VARIANTS = {name: {attribute: replacement}}, an attribute of dcgan_jax.models
-("channel_sum") or of another dcgan_jax module ("train.build_optimizers"); the first entry is the
-baseline ({} is the code as it is). Each variant's state and program (one train step, or a scan of
---steps steps as train_epoch runs it) are made under its patches (caches cleared in between, so
-no traced function is shared), then the variants' programs alternate (order reversed every other
-round) and the paired ratio, the median over rounds of variant / baseline time, is printed.
-Identical programs read 1.00 +- 0.02 on the CPU.
+VARIANTS.py defines VARIANTS = {name: {key: value}}; the first entry is the baseline. The key
+"kernels" gives the variant's layers: a kernel set's name ("flax", "xla", "cpu"), a kernels.Forms
+(`dataclasses.replace(kernels.CPU_FORMS, channel_sum=...)`) or a models.Kernels; without it the
+layers are config.kernels' ("auto"). Any other key is an attribute of a dcgan_jax module that the
+variant replaces ("train.build_optimizers", "kernels._batch_moments"). Each variant's state and
+program (one train step, or a scan of --steps steps as train_epoch runs it) are made under its
+replacements (caches cleared in between, so no traced function is shared), then the variants'
+programs alternate (order reversed every other round) and the paired ratio, the median over
+rounds of variant / baseline time, is printed. Identical programs read 1.00 +- 0.02 on the CPU.
 """
 import argparse
 import importlib.util
@@ -20,34 +22,52 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dcgan_jax import models, train
+from dcgan_jax import kernels, models, train
 from dcgan_jax.config import preset
 from dcgan_jax.runtime import enable_threefry_kernel, reuse_cpu_memory
 
 
-def _target(attr: str):
-    """(module, name) that a VARIANTS key patches: "name" in models, "module.name" in dcgan_jax.module."""
-    module, _, name = attr.rpartition(".")
-    return (importlib.import_module(f"dcgan_jax.{module}") if module else models), name
+def _layers(choice) -> models.Kernels:
+    if isinstance(choice, str):
+        return kernels.select(choice)
+    return kernels.from_forms(choice) if isinstance(choice, kernels.Forms) else choice
+
+
+def replacements(variant: dict) -> dict:
+    """(module, attribute name) -> replacement for one VARIANTS entry; its layers reach the step
+    through train.build_models' call of kernels.select."""
+    out = {}
+    for attr, value in variant.items():
+        if attr == "kernels":
+            attr, value = "kernels.select", lambda name, layers=_layers(value): layers
+        module_name, _, name = attr.rpartition(".")
+        try:
+            module = importlib.import_module(f"dcgan_jax.{module_name}") if module_name else None
+        except ImportError:
+            module = None
+        if not hasattr(module, name):
+            raise ValueError(f"variant key {attr!r} names no attribute of a dcgan_jax module")
+        out[module, name] = value
+    return out
 
 
 def compile_variants(variants: dict, build) -> dict:
-    """name -> (state, compiled program), each from `build()` -> (state, lowered) under its patches."""
+    """name -> (state, compiled program), each from `build()` -> (state, lowered) under its replacements."""
     programs = {}
-    for name, patches in variants.items():
+    for name, variant in variants.items():
         jax.clear_caches()
-        targets = {attr: _target(attr) for attr in patches}
-        saved = {attr: getattr(module, n) for attr, (module, n) in targets.items()}
+        patches = replacements(variant)
+        saved = {target: getattr(*target) for target in patches}
         try:
-            for attr, (module, n) in targets.items():
-                setattr(module, n, patches[attr])
+            for (module, attr), value in patches.items():
+                setattr(module, attr, value)
             start = time.perf_counter()
             state, lowered = build()
             programs[name] = state, lowered.compile()
             print(f"{name:32s} compiled in {time.perf_counter() - start:.1f} s", flush=True)
         finally:
-            for attr, (module, n) in targets.items():
-                setattr(module, n, saved[attr])
+            for (module, attr), value in saved.items():
+                setattr(module, attr, value)
     return programs
 
 
@@ -67,23 +87,29 @@ def main(argv=None):
     spec = importlib.util.spec_from_file_location("ab_variants", args.variants)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    try:  # every variant's keys checked before the minutes of compilation
+        for variant in module.VARIANTS.values():
+            replacements(variant)
+    except ValueError as e:
+        p.error(str(e))
     steps = args.steps if args.loop == "scan" else 1
     config = preset("reference", steps_per_epoch=steps, batch_size=args.batch_size,
                     dtype=args.dtype).for_dataset(steps * args.batch_size)
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 256, (steps * args.batch_size, 28, 28, 1), dtype=np.uint8))
     keys = jax.random.split(jax.random.key(1), args.rounds + 2)
+    if args.loop == "scan":  # the scanned epoch takes the key's data, as train_epoch passes it
+        keys = [np.asarray(jax.random.key_data(key)) for key in keys]
 
     base = train.create_train_state(config, jax.random.key(0))
 
-    def build():  # each variant its own copy (the scan donates it) and optimizer states (it may patch them)
+    def build():  # each variant its own copy (the scan donates it) and optimizer states (it may replace them)
         g_tx, d_tx = train.build_optimizers(config)
         state = jax.tree.map(jnp.copy, base).replace(g_opt=g_tx.init(base.g_params), d_opt=d_tx.init(base.d_params))
-        platform = train.platform_of(state.step, images)  # as train_epoch passes it
         if args.loop == "scan":
-            return state, train._scan_epoch.lower(state, images, keys[0], platform)
-        step = jax.jit(train._train_step, static_argnames="platform", **train.STEP_JIT_KWARGS)
-        return state, step.lower(state, images, keys[0], platform=platform)
+            _, _, scan = train.epoch_programs(train.mesh_of(images))
+            return state, scan.lower(state, images, keys[0])
+        return state, train.jitted_train_step.lower(state, images, keys[0])
     built = compile_variants(module.VARIANTS, build)
     states = {name: state for name, (state, _) in built.items()}
     programs = {name: program for name, (_, program) in built.items()}

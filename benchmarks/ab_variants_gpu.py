@@ -1,35 +1,37 @@
 """Variants for benchmarks.ab_step on a GPU: the forms made for XLA:CPU (docs/performance.md), each
-tried on the other backend, and three GPU-only ideas (BatchNorm statistics in one pass, Adam on one
-flat vector, the scan unrolled by 2). benchmarks/NOTES.md has each one's prediction.
+put into the "xla" set alone, and three GPU-only ideas (BatchNorm statistics in one pass, Adam on
+one flat vector, the scan unrolled by 2). benchmarks/NOTES.md has each one's prediction.
 
   python -m benchmarks.ab_step benchmarks/ab_variants_gpu.py --loop scan --steps 100 --rounds 10
 """
-import functools
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dcgan_jax import models, train
+from dcgan_jax import kernels, train
 
-_build_optimizers = train.build_optimizers  # the original, kept before ab_step patches it
-
-
-def any_platform(form):
-    """`form` in place of one of models' platform choices (which are called with platform=...)."""
-    return lambda *args, platform=None: form(*args)
+# the originals, kept before ab_step replaces them
+_build_optimizers, _epoch_programs = train.build_optimizers, train.epoch_programs
 
 
-def batch_stats_one_pass(x, *, platform=None):
-    """models._batch_stats from one pass over x: sums of (x - s) and (x - s)**2 in one fusion, with
-    s a sample of each channel so that the variance does not cancel when |mean| >> std (float32
-    mean and variance within ~1e-6 of float64 for N(5, 0.3) data, as the two-pass form)."""
+def xla_with(**forms) -> dict:
+    """The "xla" set with some of its forms replaced."""
+    return {"kernels": replace(kernels.XLA_FORMS, **forms)}
+
+
+def batch_moments_one_pass(x, channel_sum):
+    """kernels._batch_moments from one pass over x: sums of (x - s) and (x - s)**2 in one fusion,
+    with s a sample of each channel so that the variance does not cancel when |mean| >> std
+    (float32 mean and variance within ~1e-6 of float64 for N(5, 0.3) data, as the two-pass form)."""
     xs = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-    n, axes = x.size // x.shape[-1], tuple(range(x.ndim - 1))
+    n = x.size // x.shape[-1]
     shift = jax.lax.stop_gradient(xs[(0,) * (x.ndim - 1)])
     d = xs - shift
-    m = d.sum(axes) / n
-    return shift + m, jnp.square(d).sum(axes) / n - jnp.square(m)
+    m = channel_sum(d) / n
+    return shift + m, channel_sum(jnp.square(d)) / n - jnp.square(m)
 
 
 def flat_adam_optimizers(config):
@@ -39,22 +41,32 @@ def flat_adam_optimizers(config):
     return tuple(optax.flatten(tx) for tx in _build_optimizers(config))
 
 
-@functools.partial(jax.jit, donate_argnums=0, static_argnames="platform", **train.STEP_JIT_KWARGS)
-def scan_epoch_unrolled(state, images, key, platform=None):
-    """train._scan_epoch with two steps per while-loop iteration (half the host round trips)."""
-    cfg = state.config
-    idx, keys = train.epoch_plan(key, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
-    return jax.lax.scan(lambda s, xs: train._train_step(s, images[xs[0]], xs[1], platform), state, (idx, keys),
-                        unroll=2)
+def epoch_programs_unrolled(mesh):
+    """train.epoch_programs with two steps per iteration of the scanned epoch's while loop (half the
+    host round trips)."""
+    plan, step, _ = _epoch_programs(mesh)
+    batch = NamedSharding(mesh, P(mesh.axis_names))
+
+    def step_on(state, images, idx, key_data):
+        real = jax.lax.with_sharding_constraint(images[idx], batch)
+        return train._train_step(state, real, jax.random.wrap_key_data(key_data))
+
+    def scan(state, images, key_data):
+        cfg = state.config
+        idx, keys = plan(key_data, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
+        return jax.lax.scan(lambda s, xs: step_on(s, images, *xs), state, (idx, keys), unroll=2)
+    return plan, step, jax.jit(scan, donate_argnums=0, out_shardings=NamedSharding(mesh, P()),
+                               **kernels.STEP_JIT_KWARGS)
 
 
 VARIANTS = {
-    "as is": {},
-    "one-channel conv as tap matmul": {"single_output_conv": any_platform(models._single_output_conv)},
-    "small-input conv as dense matmul": {"small_input_conv": any_platform(models._dense_conv)},
-    "BatchNorm sums as matmuls": {"channel_sum": any_platform(models._channel_sum_as_dot)},
-    "layer3_0 wgrad as conv of dy": {"stride1_weight_grad": any_platform(models._weight_grad_as_conv_of_dy)},
-    "BatchNorm statistics in one pass": {"_batch_stats": batch_stats_one_pass},
-    "Adam on one flat vector": {"train.build_optimizers": flat_adam_optimizers},
-    "scan unrolled by 2": {"train._scan_epoch": scan_epoch_unrolled},
+    "xla forms": {"kernels": "xla"},
+    "one-channel conv as tap matmul": xla_with(single_output_conv=kernels.tap_matmul_conv),
+    "small-input conv as dense matmul": xla_with(small_input_conv=kernels.dense_conv),
+    "BatchNorm sums as matmuls": xla_with(channel_sum=kernels.sum_as_dot),
+    "layer3_0 wgrad as conv of dy": xla_with(stride1_weight_grad=kernels.weight_grad_as_conv_of_dy),
+    "BatchNorm output stored once": xla_with(stored_once=kernels.divide_by_runtime_one),
+    "BatchNorm statistics in one pass": {"kernels": "xla", "kernels._batch_moments": batch_moments_one_pass},
+    "Adam on one flat vector": {"kernels": "xla", "train.build_optimizers": flat_adam_optimizers},
+    "scan unrolled by 2": {"kernels": "xla", "train.epoch_programs": epoch_programs_unrolled},
 }

@@ -1,10 +1,12 @@
-"""The dcgan_jax side of the benchmark: the `reference` preset through train_epoch."""
+"""The dcgan_jax side of the benchmark: the `reference` preset through train_epoch, the state and
+images placed on the devices as run.fit places them."""
 import time
 
 import jax
 import numpy as np
 
 from dcgan_jax.config import preset
+from dcgan_jax.parallel import DataParallel
 from dcgan_jax.train import create_train_state, epoch_key, run_keys, train_epoch
 
 # variant -> (loop, dtype)
@@ -21,10 +23,13 @@ def run(variant: str, images: np.ndarray, epochs: int, steps: int, batch: int = 
     config = preset("reference", dtype=dtype, loop=loop, epochs=epochs, steps_per_epoch=steps,
                     batch_size=batch).for_dataset(len(images))
     init_key, _, train_key = run_keys(config.seed)
+    dp = DataParallel()
     start = time.perf_counter()
-    state = jax.block_until_ready(create_train_state(config, init_key))
+    # replicated on the mesh, as every epoch's output: a state on one device would compile the
+    # epoch's program a second time for the next epoch
+    state = jax.block_until_ready(dp.replicate(create_train_state(config, init_key)))
     init_s = time.perf_counter() - start
-    images = jax.device_put(images)
+    images = dp.replicate(images)
     seconds = []
     for epoch in range(1, epochs + 1):
         jax.block_until_ready(state)

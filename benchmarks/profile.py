@@ -3,8 +3,9 @@
   python -m benchmarks.profile --loop scan --steps 50          # GPU: one scanned epoch of 50 steps
   python -m benchmarks.profile --loop steps --steps 3          # CPU: three jitted steps
 
-Compiles first, then traces; sums each HLO op's device time (GPU kernels, or XLA:CPU thunks)
-over the traced steps and prints the top ops per step with their opcode, cuDNN call and shape.
+Runs the programs train.train_epoch runs (train.epoch_programs). Compiles first, then traces;
+sums each HLO op's device time (GPU kernels, or XLA:CPU thunks) over the traced steps and prints
+the top ops per step with their opcode, cuDNN call and shape.
 """
 import argparse
 import collections
@@ -15,8 +16,9 @@ import tempfile
 import jax
 import numpy as np
 
-from dcgan_jax.config import preset
-from dcgan_jax.train import _scan_epoch, create_train_state, epoch_plan, jitted_train_step, platform_of
+from dcgan_jax.config import KERNELS, preset
+from dcgan_jax.kernels import resolve
+from dcgan_jax.train import create_train_state, epoch_programs, mesh_of
 
 INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.+?) ([\w\-]+)\(")
 
@@ -62,26 +64,28 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--top", type=int, default=30)
+    p.add_argument("--kernels", choices=KERNELS, default="auto", help="the layer forms (as the CLI's --kernels)")
     args = p.parse_args(argv)
     from dcgan_jax.runtime import enable_threefry_kernel, reuse_cpu_memory
     enable_threefry_kernel()
     reuse_cpu_memory()  # as the CLI
-    config = preset("reference", dtype=args.dtype, steps_per_epoch=args.steps,
+    config = preset("reference", dtype=args.dtype, kernels=args.kernels, steps_per_epoch=args.steps,
                     batch_size=args.batch_size).for_dataset(args.steps * args.batch_size)
     state = create_train_state(config, jax.random.key(0))
     images = jax.device_put(np.random.default_rng(0).integers(
         0, 256, (args.steps * args.batch_size, 28, 28, 1), dtype=np.uint8))
-    key, platform = jax.random.key(1), platform_of(state.step, images)
+    key_data = np.asarray(jax.random.key_data(jax.random.key(1)))
+    plan, step, scan = epoch_programs(mesh_of(images))
     if args.loop == "scan":
-        compiled = _scan_epoch.lower(state, images, key, platform).compile()
-        run = lambda s: compiled(s, images, key)[0]
+        compiled = scan.lower(state, images, key_data).compile()
+        run = lambda s: compiled(s, images, key_data)[0]
     else:
-        idx, keys = epoch_plan(key, len(images), args.steps, args.batch_size)
-        compiled = jitted_train_step.lower(state, images[idx[0]], keys[0], platform=platform).compile()
+        idx, keys = plan(key_data, len(images), args.steps, args.batch_size)
+        compiled = step.lower(state, images, idx, keys, np.int32(0)).compile()
 
         def run(s):
             for i in range(args.steps):
-                s = compiled(s, images[idx[i]], keys[i])[0]
+                s = compiled(s, images, idx, keys, np.int32(i))[0]
             return s
     names = describe_ops(compiled.as_text())
     state = jax.block_until_ready(run(state))           # warm-up (autotuning, allocations)
@@ -91,7 +95,8 @@ def main(argv=None):
         jax.profiler.stop_trace()
         totals = device_op_times(trace_dir)
     total = sum(totals.values())
-    print(f"{jax.devices()[0].device_kind}, loop={args.loop}, {args.dtype}, batch {args.batch_size}: "
+    print(f"{jax.devices()[0].device_kind}, loop={args.loop}, {args.dtype}, kernels {resolve(args.kernels)}, "
+          f"batch {args.batch_size}: "
           f"{total / 1e6 / args.steps:.3f} ms of op time per step over {args.steps} steps, {len(totals)} ops")
     by_kind = collections.Counter()
     for op, ns in totals.items():

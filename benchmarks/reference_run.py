@@ -11,6 +11,8 @@ same, first empty, CACHE_DIR for cold vs warm start.
 for the epoch's metrics (the device still training), dispatching the next epoch, saving the
 checkpoint, writing samples and metrics. With overlapped epochs (scan), a wait near zero means the
 loop waited on the host's own work, not on the device.
+
+Exit status: experiments.train's; 2 without a CACHE_DIR.
 """
 import collections
 import functools
@@ -45,7 +47,7 @@ class Timeline:
         from dcgan_jax.parallel import DataParallel
         is_metrics = lambda args: "wait for metrics" if isinstance(args[0], dict) and "loss_d" in args[0] else "to host"
         self.wrap(DataParallel, "to_host", is_metrics, static=True)
-        self.wrap(DataParallel, "train_epoch", "dispatch epoch")
+        self.wrap(run, "train_epoch", "dispatch epoch")
         self.wrap(RunCheckpoints, "save", "checkpoint")
         self.wrap(run, "generate", "samples")
         for name in ("save_grid", "write_metrics", "write_step_metrics"):
@@ -73,6 +75,13 @@ def main(argv=None):
     timeline = Timeline() if "--timeline" in argv else None
     if timeline:
         argv.remove("--timeline")
+    if argv[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
+    if not argv or argv[0].startswith("-"):
+        print("error: the first argument is CACHE_DIR (see --help)", file=sys.stderr)
+        return 2
+    if timeline:
         timeline.install()
     from experiments.train import main as train
     code = train(["--compile-cache", argv[0], *argv[1:]])

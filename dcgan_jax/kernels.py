@@ -326,11 +326,12 @@ class BatchNorm(models.BatchNorm):
         return self.forms.stored_once(y, x)
 
 
-def _kernels(forms: Forms) -> models.Kernels:
+def from_forms(forms: Forms) -> models.Kernels:
+    """The layers computing with `forms`: XLA and CPU below, or a variant to compare (dataclasses.replace)."""
     return models.Kernels(conv=functools.partial(nn.Conv, conv_general_dilated=functools.partial(_flax_conv, forms=forms)),
                           conv_transpose=functools.partial(ConvTranspose, forms=forms),
                           batch_norm=functools.partial(BatchNorm, forms=forms))
 
 
-XLA = _kernels(XLA_FORMS)
-CPU = _kernels(CPU_FORMS)
+XLA = from_forms(XLA_FORMS)
+CPU = from_forms(CPU_FORMS)
