@@ -19,7 +19,7 @@ def test_state_dict_keys_are_the_tutorials():
     assert type(reference.Discriminator().conv[0]) is reference.CBLR
 
 
-@pytest.mark.skipif(not os.path.exists(TUTORIAL_DISCRIMINATOR), reason=f"{TUTORIAL_DISCRIMINATOR} is absent")
+@pytest.mark.skipif(not os.path.exists(TUTORIAL_DISCRIMINATOR), reason="PARITY_TUTORIAL_PTH names no file (the tutorial author's DCGAN_Discriminator.pth)")
 def test_the_tutorials_saved_state_dict_loads_strictly():
     from parity import load_tutorial_module
 

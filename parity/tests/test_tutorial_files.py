@@ -11,7 +11,7 @@ from parity import TutorialFileError, compare, load_tutorial_model, reference, t
 from parity.tests.conftest import TUTORIAL_DISCRIMINATOR, assert_rows_pass
 
 
-@pytest.mark.skipif(not os.path.exists(TUTORIAL_DISCRIMINATOR), reason=f"{TUTORIAL_DISCRIMINATOR} is absent")
+@pytest.mark.skipif(not os.path.exists(TUTORIAL_DISCRIMINATOR), reason="PARITY_TUTORIAL_PTH names no file (the tutorial author's DCGAN_Discriminator.pth)")
 def test_the_tutorial_authors_discriminator_gives_the_pytorch_logits(seed):
     name, variables = load_tutorial_model(TUTORIAL_DISCRIMINATOR)
     assert name == "discriminator" and set(variables["params"]) == {f"conv_{i}" for i in range(5)} | {"fc"}
