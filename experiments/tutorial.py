@@ -29,14 +29,17 @@
 # Settings (next cell), each also taken from the environment variable of the same name:
 # - `QUICK=1`: a few steps on a small slice of the data, to check that everything runs
 #   (the test suite runs the notebook this way);
-# - `DATA_DIR`: `None` loads MNIST through TensorFlow Datasets (downloaded once); set it to a folder
-#   holding the four MNIST IDX files (`train-images-idx3-ubyte[.gz]`, ...) to read those instead.
-#   The notebook runs with `experiments/` as its working directory, so a relative path starts there;
+# - `DATA_DIR`: `None` loads MNIST through TensorFlow Datasets (the `tfds` extra; downloaded
+#   once); set it to a folder holding the four MNIST IDX files (`train-images-idx3-ubyte[.gz]`,
+#   ...) to read those instead. The notebook runs with `experiments/` as its working directory,
+#   so a relative path starts there;
 # - `EPOCHS`, `OUT_DIR` (where sample grids and weights are saved) and `PARITY_TUTORIAL_PTH`
 #   (the tutorial author's trained discriminator, used by the last cell if the file is there).
 #
+# Open it with `pip install -e ".[notebook]" jupyterlab` and `jupyter lab experiments/tutorial.ipynb`,
+# or run it headless (`--inplace` writes the outputs into the notebook):
 # ```
-# QUICK=1 DATA_DIR=/path/to/mnist jupyter nbconvert --to notebook --execute experiments/tutorial.ipynb --output /tmp/tutorial_quick.ipynb
+# QUICK=1 DATA_DIR=/path/to/mnist jupyter execute experiments/tutorial.ipynb
 # ```
 
 # %%
