@@ -1,5 +1,5 @@
 """In-process A/B of model-code variants on the reference training step (timings across processes
-are too noisy for 1-5 % changes: consecutive harness runs differ by 5-8 % on a shared CPU VM).
+are too noisy for changes of a few per cent on a shared machine).
 
   python -m benchmarks.ab_step VARIANTS.py [--rounds 30] [--batch-size 100]        # CPU: jitted steps
   python -m benchmarks.ab_step VARIANTS.py --loop scan --steps 100 --rounds 10      # GPU: scanned steps
@@ -62,8 +62,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=100, help="steps per scanned call (--loop scan)")
     p.add_argument("--dtype", default="float32")
     args = p.parse_args(argv)
-    enable_threefry_kernel()  # as the CLI: on a GPU the init compiles in 3 s instead of 17
-    reuse_cpu_memory()  # as the CLI: without it ~110 ms of each CPU step is page faults
+    enable_threefry_kernel()  # as the CLI: a GPU compiles the random initialisers far faster
+    reuse_cpu_memory()  # as the CLI: without it CPU steps pay for page faults
     spec = importlib.util.spec_from_file_location("ab_variants", args.variants)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

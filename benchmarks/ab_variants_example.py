@@ -1,4 +1,5 @@
-"""Variants for benchmarks.ab_step: the CPU-only lowerings of CPU attempts 10-11 switched off."""
+"""Variants for benchmarks.ab_step: two of the CPU forms (BatchNorm sums as matmuls, activations stored
+once; docs/performance.md) switched off."""
 VARIANTS = {
     "as is": {},
     "fused reductions": {"channel_sum": lambda a, platform=None: a.sum(tuple(range(a.ndim - 1)))},

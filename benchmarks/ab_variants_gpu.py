@@ -1,16 +1,8 @@
-"""Variants for benchmarks.ab_step on a GPU: the forms measured faster on XLA:CPU (CPU attempts
-10-14 in benchmarks/NOTES.md), each tried on the other backend, and three GPU-only ideas.
+"""Variants for benchmarks.ab_step on a GPU: the forms made for XLA:CPU (docs/performance.md), each
+tried on the other backend, and three GPU-only ideas (BatchNorm statistics in one pass, Adam on one
+flat vector, the scan unrolled by 2). benchmarks/NOTES.md has each one's prediction.
 
   python -m benchmarks.ab_step benchmarks/ab_variants_gpu.py --loop scan --steps 100 --rounds 10
-
-Predictions (H100, fp32, 2.83 ms per step at session 3): the one-channel output layer ran in cuDNN
-at ~1.5 TFLOP/s (forward + weight gradient 0.12 ms): as matmuls of the 20 MB input, memory-bound,
-~0.04 ms, step -3 %; BatchNorm statistics in one pass read each BatchNorm input once instead of
-twice (15 layers, up to 20 MB each, ~0.1 ms of a 3 TB/s card's time): -1 to -3 %; Adam on one
-flat vector: if XLA leaves ~100 small per-array update kernels of a few microseconds each, up to
--5 %, nothing if its horizontal fusion already merged them; the scan unrolled by 2: the ~2 % of the
-step the GPU idles (the while loop's host round trip) halves, -1 %; the others (matmul forms of
-tiny convolutions and reductions) are expected to be neutral or slower on cuDNN.
 """
 import functools
 

@@ -1,12 +1,14 @@
-"""Benchmark dcgan_jax against the PyTorch tutorial: same data, batch, device, in one sitting.
+"""Benchmark dcgan_jax against the PyTorch tutorial: same data, batch, device, one invocation.
 
   python -m benchmarks.bench --device gpu --epochs 3 --data-dir ../shared/data/mnist --json out.json
-  python -m benchmarks.bench --device cpu --epochs 2 --steps-per-epoch 5     # minutes on 2 cores
+  python -m benchmarks.bench --device cpu --epochs 2 --steps-per-epoch 5     # minutes on a CPU
 
 Each variant runs in its own subprocess (its own compile caches, allocator and peak memory);
 the table and JSON report the steady epoch (median of the epochs after the first), the first
 epoch (compilation included), images/s, speed-up over the tutorial loop, achieved TFLOP/s
 (FLOPs counted from the layer shapes, benchmarks/flops.py) and peak memory.
+Exit status: 0 every variant ran, 1 a variant failed (its row says why) or --json cannot be
+written, 2 bad arguments, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
 import argparse
 import datetime
@@ -21,10 +23,11 @@ import time
 import numpy as np
 
 from benchmarks.flops import step_flops
+from dcgan_jax.outputs import WriteError, atomic_write
 
 TORCH_VARIANTS = ("torch_tutorial", "torch_device_data", "torch_compile")
 JAX_VARIANTS = ("jax_scan_fp32", "jax_steps_fp32", "jax_scan_bf16", "jax_steps_bf16")
-# CPU: torch.compile needs a C++ toolchain and minutes; XLA:CPU is slow inside a scan (NOTES.md).
+# CPU: torch.compile needs a C++ toolchain and minutes; XLA:CPU is slow inside a scan (docs/performance.md).
 DEFAULT_VARIANTS = {"gpu": TORCH_VARIANTS + JAX_VARIANTS,
                     "cpu": ("torch_tutorial", "torch_device_data", "jax_steps_fp32", "jax_steps_bf16")}
 
@@ -118,6 +121,25 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def bad_arguments(args, variants) -> str:
+    """The first bad argument, checked before any variant starts (each takes minutes), or ''."""
+    unknown = sorted(set(variants) - set(TORCH_VARIANTS + JAX_VARIANTS))
+    if unknown:
+        return f"unknown variant(s): {', '.join(unknown)}"
+    for flag, value, high in (("--epochs", args.epochs, 1000), ("--steps-per-epoch", args.steps_per_epoch, 100_000),
+                              ("--batch-size", args.batch_size, 60_000)):
+        if not 1 <= value <= high:
+            return f"{flag} {value}: must lie in [1, {high}]"
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        return f"--data-dir {args.data_dir!r} is not a folder"
+    for flag, path in (("--json", args.json), ("--compile-cache", args.compile_cache)):
+        if path == "":
+            return f"{flag} is empty"
+    if args.json and (os.path.isdir(args.json) or not os.path.isdir(os.path.dirname(os.path.abspath(args.json)))):
+        return f"--json {args.json}: " + ("is a folder" if os.path.isdir(args.json) else "its folder does not exist")
+    return ""
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,14 +158,13 @@ def main(argv=None):
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--t0", type=float, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    variants = (args.worker or args.variants or ",".join(DEFAULT_VARIANTS[args.device])).split(",")
+    if error := bad_arguments(args, variants):
+        p.error(error)
     if args.worker:
         args.variant = args.worker
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return 0
-    variants = args.variants.split(",") if args.variants else DEFAULT_VARIANTS[args.device]
-    unknown = set(variants) - set(TORCH_VARIANTS + JAX_VARIANTS)
-    if unknown or args.epochs < 1 or args.steps_per_epoch < 1:
-        p.error(f"unknown variant(s): {', '.join(sorted(unknown))}" if unknown else "epochs and steps must be >= 1")
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     rows = []
     for v in variants:
@@ -154,8 +175,11 @@ def main(argv=None):
             "host": platform.node(), "cpus": os.cpu_count(), "command": " ".join(sys.argv)}
     print(f"\n{meta['date']}  {meta['command']}\n" + table(rows), flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([dict(r, **meta) for r in rows], f, indent=1)
+        try:
+            atomic_write(args.json, json.dumps([dict(r, **meta) for r in rows], indent=1).encode())
+        except WriteError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     return 1 if any("error" in r for r in rows) else 0
 
 

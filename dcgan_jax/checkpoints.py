@@ -6,17 +6,24 @@ RUN_DIR/checkpoints/<epoch>/ (one folder per saved epoch, the last `keep` kept) 
   meta/     JSON: epoch, the resolved config, the per-epoch metrics records so far, the number and
             the sha256 of the training images (a resumed run must see the same), and a sha256 of
             the state arrays
+and files.sha256, a JSON {relative path: sha256} of every file orbax wrote, added once it has.
 The PRNG key stream needs no saving: the key of every epoch is epoch_key(train_key, epoch) with
 train_key from the seed, so the epoch counter is the stream's position.
 
 Orbax writes a checkpoint into a temporary folder and renames it into place only when every item
 is complete, so a crash mid-save never leaves a folder that looks like a checkpoint (leftovers are
-cleaned at the next start). Bytes that rot later are caught by the sha256 in meta; an unreadable
-checkpoint is moved to RUN_DIR/corrupt_checkpoints/ and the previous one is used.
+cleaned at the next start; a save that fails removes its own). Bytes that rot later are caught by
+files.sha256 before orbax reads anything: orbax abandons the reads still in flight when one fails,
+which leaves unfinished coroutines and tensorstore callbacks behind. The sha256 of the state in
+meta checks the arrays as restored. A corrupt checkpoint is moved to RUN_DIR/corrupt_checkpoints/
+and the previous one is used.
 """
 import dataclasses
 import hashlib
+import json
 import os
+import re
+import shutil
 from typing import Callable, Optional
 
 import jax
@@ -24,13 +31,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from .config import Config
+from .outputs import WriteError, atomic_write, os_cause
 from .train import TrainState, create_train_state
 
-# Fields a resumed run may change: they decide how long and from where, not what is computed.
-RESUMABLE_FIELDS = ("epochs", "data_dir", "tfds_data_dir", "loop")
+# Fields a resumed run may change: they decide how long, from where and in which form, not what
+# is computed (kernels change only float rounding).
+RESUMABLE_FIELDS = ("epochs", "data_dir", "tfds_data_dir", "loop", "kernels")
 
 
-RESTART_HINT = "--overwrite starts the run again, deleting them"
+RESTART_HINT = "--overwrite starts the run again (the old one is moved aside to RUN_DIR.old-N)"
+MANIFEST = "files.sha256"
 
 
 class CheckpointError(Exception):
@@ -92,10 +102,40 @@ class RunCheckpoints:
         meta = dict(info, epoch=epoch, config=state.config.to_dict(), records=records,
                     state_sha256=state_digest(state))
         history = {k: np.asarray(v, np.float32) for k, v in history.items()}
-        self.manager.save(epoch, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), history=ocp.args.StandardSave(history),
-            meta=ocp.args.JsonSave(meta)))
-        self.manager.wait_until_finished()
+        where = os.path.join(self.directory, str(epoch))
+        self._check_space(where)
+        try:
+            self.manager.save(epoch, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), history=ocp.args.StandardSave(history),
+                meta=ocp.args.JsonSave(meta)))
+            self.manager.wait_until_finished()
+            if jax.process_index() == 0:  # orbax has finalized every process's files by now
+                atomic_write(os.path.join(where, MANIFEST), json.dumps(file_digests(where), indent=0).encode())
+        except BaseException as e:  # interrupts too: what orbax left half-written goes
+            for name in os.listdir(self.directory):
+                if name.startswith(f"{epoch}.orbax-checkpoint-tmp"):
+                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+            self.manager.reload()
+            if isinstance(e, Exception) and not isinstance(e, WriteError):
+                raise WriteError(f"cannot write checkpoint {where}: {_cause(e)}") from None
+            raise
+
+    def _check_space(self, where: str):
+        """Refuse a save the disk cannot hold, before orbax starts it.
+
+        Orbax writes the new checkpoint before it deletes the oldest, so it needs about the room
+        the last one took. A write failing midway is caught too (below), but orbax then abandons
+        its other writes, whose callbacks print tracebacks from tensorstore's threads.
+        """
+        last = self.epochs()
+        if not last:
+            return
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in
+                   os.walk(os.path.join(self.directory, str(last[-1]))) for f in fs)
+        free = shutil.disk_usage(self.directory).free
+        if free < 1.1 * size:
+            raise WriteError(f"cannot write checkpoint {where}: no space left on device ({free / 2**20:.0f} MiB "
+                             f"free, the last checkpoint took {size / 2**20:.0f} MiB)")
 
     def restore_latest(self, config: Config, place: Callable[[TrainState], TrainState],
                        log: Callable[[str], None] = print) -> Optional[Restored]:
@@ -127,6 +167,7 @@ class RunCheckpoints:
 
     def _restore(self, epoch: int, config: Config, place) -> Restored:
         where = os.path.join(self.directory, str(epoch))
+        _check_files(where)
         try:
             meta = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
             saved = Config.from_dict(meta["config"])
@@ -176,6 +217,48 @@ class RunCheckpoints:
 
     def close(self):
         self.manager.close()
+
+
+def file_digests(folder: str) -> dict:
+    """{path relative to folder: sha256} of every file under folder but the manifest."""
+    digests = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, folder)
+            if rel != MANIFEST:
+                h = hashlib.sha256()
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+                digests[rel] = h.hexdigest()
+    return digests
+
+
+def _check_files(where: str):
+    """Raise CorruptCheckpoint if a file differs from files.sha256 (absent in checkpoints saved
+    before it existed, or by a process killed between orbax's save and the manifest: not checked)."""
+    path = os.path.join(where, MANIFEST)
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        found = file_digests(where)
+    except (OSError, ValueError) as e:
+        raise CorruptCheckpoint(f"{MANIFEST} unreadable: {_short(e)}") from None
+    changed = sorted(k for k in saved.keys() | found.keys() if saved.get(k) != found.get(k))
+    if changed:
+        more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+        raise CorruptCheckpoint(f"{changed[0]}{more} differ from their sha256 at save")
+
+
+def _cause(e: Exception) -> str:
+    """The OS's reason inside an orbax/tensorstore error ("no space left on device"), else its line."""
+    if isinstance(e, OSError):
+        return os_cause(e)
+    code = re.search(r"os_error_code='?(\d+)", str(e))
+    return os_cause(OSError(int(code.group(1)), os.strerror(int(code.group(1))))) if code else _short(e)
 
 
 def _short(e: Exception) -> str:

@@ -7,6 +7,7 @@ DTYPES = ("float32", "bfloat16", "float64")
 DATA_RANGES = ("zero_one", "minus_one_one")
 LOOPS = ("auto", "scan", "steps")
 SAMPLE_BN = ("batch", "running")
+KERNELS = ("auto", "flax", "xla", "cpu")   # dcgan_jax/kernels.py
 
 
 class ConfigError(ValueError):
@@ -39,6 +40,7 @@ class Config:
     seed: int = 0
     # how to run
     loop: str = "auto"              # "scan": one dispatch per epoch; "steps": loop of jitted steps
+    kernels: str = "auto"           # layer forms (kernels.py): same values, faster programs
     samples_bn: str = "batch"       # BN statistics for sample grids: the tutorial never calls eval()
     num_samples: int = 16           # the tutorial's 4 x 4 grid
     data_dir: Optional[str] = None  # folder with the four IDX files; None: TFDS 'mnist'
@@ -57,6 +59,7 @@ class Config:
         need(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}")
         need(self.data_range in DATA_RANGES, "data_range", f"must be one of {', '.join(DATA_RANGES)}")
         need(self.loop in LOOPS, "loop", f"must be one of {', '.join(LOOPS)}")
+        need(self.kernels in KERNELS, "kernels", f"must be one of {', '.join(KERNELS)}")
         need(self.samples_bn in SAMPLE_BN, "samples_bn", f"must be one of {', '.join(SAMPLE_BN)}")
         for f in ("latent_dim", "d_steps", "batch_size", "epochs", "lr_decay_every", "num_samples"):
             need(isinstance(getattr(self, f), int) and getattr(self, f) > 0, f, "must be a positive integer")

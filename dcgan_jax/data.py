@@ -63,32 +63,63 @@ def _find(data_dir: str, stem: str) -> str:
     raise DataError(f"{data_dir}: no {stem} file (looked for {stem}, {stem}.gz, {alt}, {alt}.gz)")
 
 
+# Bounds that refuse a bad file before allocating for it: deflate expands at most 1032-fold, and no
+# 28x28 dataset these models train on comes near 1 GiB (MNIST's largest file is 47 MB).
+GZIP_MAX_RATIO = 1032
+MAX_IDX_BYTES = 1 << 30
+
+
 def read_idx(path: str, magic: int):
-    """Parse one IDX file (raw or gzip); returns (array, sha256 of the decompressed bytes)."""
+    """Parse one IDX file (raw or gzip); returns (array, sha256 of the decompressed bytes).
+
+    The header's declared size is checked against the file (raw: its size; gzip: what that many
+    compressed bytes can hold, then the stream as it is read) before or while the array fills,
+    so a gzip bomb or a huge sparse file costs at most the declared size before it is refused.
+    """
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if path.endswith(".gz"):
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as raw:
+            size = os.fstat(raw.fileno()).st_size
+            if path.endswith(".gz"):
+                with gzip.GzipFile(fileobj=raw) as stream:
+                    return _read_idx(path, stream, magic, size, compressed=True)
+            return _read_idx(path, raw, magic, size, compressed=False)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read/decompress ({e})") from None
-    if len(raw) < 8:
-        raise DataError(f"{path}: truncated ({len(raw)} bytes, shorter than an IDX header)")
-    found = int.from_bytes(raw[:4], "big")
+
+
+def _read_idx(path: str, stream, magic: int, size: int, compressed: bool):
+    header = stream.read(4)
+    if len(header) == 4:
+        header += stream.read(4 * header[3])
+    found = int.from_bytes(header[:4], "big")
+    if len(header) < 8 or (found == magic and len(header) < 4 + 4 * header[3]):
+        raise DataError(f"{path}: truncated ({len(header)} bytes, shorter than an IDX header)")
     if found != magic:
         kind = "images" if magic == IMAGES_MAGIC else "labels"
         raise DataError(f"{path}: wrong magic number {found} (expected {magic}, IDX {kind}); "
                         f"not an IDX {kind} file or corrupt")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + math.prod(dims)   # Python ints: a crafted header must not overflow
-    if len(raw) != expected:
-        what = "truncated" if len(raw) < expected else "has trailing bytes"
-        raise DataError(f"{path}: {what}: header says {'x'.join(map(str, dims))} "
-                        f"({expected} bytes), file holds {len(raw)} bytes")
-    array = np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
-    return array, hashlib.sha256(raw).hexdigest()
+    dims = tuple(int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(header[3]))
+    expected = len(header) + math.prod(dims)   # Python ints: a crafted header must not overflow
+    says = f"header says {'x'.join(map(str, dims))} ({expected} bytes)"
+    if not compressed and size != expected:
+        what = "truncated" if size < expected else "has trailing bytes"
+        raise DataError(f"{path}: {what}: {says}, file holds {size} bytes")
+    if compressed and expected > GZIP_MAX_RATIO * size:
+        raise DataError(f"{path}: truncated: {says}, more than a {size}-byte gzip file can hold")
+    if expected > MAX_IDX_BYTES:
+        raise DataError(f"{path}: {says}, more than the {MAX_IDX_BYTES} bytes this reader accepts")
+    data = np.empty(expected - len(header), np.uint8)   # pages are touched only as bytes arrive
+    view, got = memoryview(data), 0
+    while got < len(data):
+        n = stream.readinto(view[got: got + (1 << 22)])
+        if not n:
+            raise DataError(f"{path}: truncated: {says}, file holds {len(header) + got} bytes")
+        got += n
+    if stream.read(1):
+        raise DataError(f"{path}: has trailing bytes: {says}, the file holds more")
+    digest = hashlib.sha256(header)
+    digest.update(data)
+    return data.reshape(dims), digest.hexdigest()
 
 
 def load_idx(data_dir: str, split: str = "train") -> Dataset:

@@ -10,12 +10,18 @@ Layout (all paths relative to the run directory):
   discriminator.msgpack     final discriminator variables, same format
   checkpoints/<epoch>/      orbax checkpoints of the full training state (layout in checkpoints.py)
   corrupt_checkpoints/      checkpoints found damaged on resume, moved here rather than deleted
-Every file is written to a temporary name and renamed into place, so none is ever half-written.
+  .dcgan_jax_run            written when this program creates the folder: the proof that
+                            --overwrite may move it aside (to RUN_DIR.old-N; nothing is deleted)
+  .dcgan_jax_lock           flock'ed by the one process using the run directory
+Every file is written to a temporary name and renamed into place, so none is ever half-written;
+a write that fails (no space left) raises WriteError naming the file and leaves the old version.
 """
+import contextlib
+import fcntl
 import json
 import os
-import shutil
 import tempfile
+from typing import BinaryIO, Callable, Optional, Union
 
 import numpy as np
 from flax import serialization
@@ -29,27 +35,115 @@ class RunDirError(Exception):
     """The run directory cannot be used as asked; nothing in it was changed."""
 
 
-def prepare_run_dir(path: str, overwrite: bool = False) -> str:
-    """Create `path`; refuse a non-empty one unless overwrite; fail early if it is not writable."""
-    if os.path.exists(path) and not os.path.isdir(path):
+class WriteError(RunDirError):
+    """A file of the run could not be written (disk full, I/O error); the message names the path
+    and the cause. The file's previous version, if any, is left as it was."""
+
+
+MARKER = ".dcgan_jax_run"   # written when this program creates a run directory: proof it is ours
+LOCK = ".dcgan_jax_lock"    # flock'ed by the one process using the run directory
+
+
+def mark_run_dir(path: str):
+    """Record that this program created `path`: only a marked folder may be moved by --overwrite."""
+    atomic_write(os.path.join(path, MARKER), json.dumps({"created_by": "dcgan_jax"}).encode())
+
+
+def is_marked(path: str) -> bool:
+    marker = os.path.join(path, MARKER)
+    if not os.path.isfile(marker) or os.path.islink(marker):
+        return False
+    try:
+        with open(marker) as f:
+            return json.load(f).get("created_by") == "dcgan_jax"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def prepare_run_dir(path: str, overwrite: bool = False, protected=()) -> Optional[str]:
+    """Create and mark the run directory `path`; fail early if it cannot be written.
+
+    A non-empty `path` is refused unless `overwrite`, and then only if it is provably a run of
+    ours (marked at creation), not the current directory or one of its ancestors, holds none of
+    the `protected` paths (data, caches) and is not in use by another process. Such a run is moved
+    aside to a sibling PATH.old-N (a rename: nothing is deleted, the user removes it when sure)
+    and that new location is returned; otherwise None. Symlinks are resolved first.
+    """
+    real = os.path.realpath(path)
+    if os.path.exists(real) and not os.path.isdir(real):
         raise RunDirError(f"run dir {path!r} exists and is not a folder")
-    if os.path.isdir(path) and os.listdir(path):
+    moved = None
+    if os.path.isdir(real) and set(os.listdir(real)) - {MARKER, LOCK}:  # ours alone: a start cut short
         if not overwrite:
             raise RunDirError(f"run dir {path!r} exists and is not empty; pass --resume {path} to "
                               f"continue it, --overwrite to replace it, or --out elsewhere")
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise RunDirError(f"{path!r} is not a run directory (no config.json) and --overwrite replaces "
-                              f"run directories only; empty it yourself or pass another --out")
-        if not os.access(path, os.W_OK):
-            raise RunDirError(f"run dir {path!r} is not writable")
-        shutil.rmtree(path)
+        _check_replaceable(path, real, protected)
+        with run_dir_lock(real):
+            moved = _move_aside(path, real)
     try:
-        os.makedirs(path, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path):
-            pass
+        os.makedirs(real, exist_ok=True)
+        mark_run_dir(real)
+    except (OSError, WriteError) as e:
+        cause = e.strerror if isinstance(e, OSError) else str(e)
+        raise RunDirError(f"run dir {path!r} is not writable ({cause})") from None
+    return moved
+
+
+def _check_replaceable(path: str, real: str, protected):
+    cwd = os.path.realpath(os.getcwd())
+    if _contains(real, cwd):
+        raise RunDirError(f"--overwrite refuses {path!r}: it is the current directory or holds it")
+    for p in protected:
+        if p and "://" not in str(p) and _contains(real, os.path.realpath(p)):
+            raise RunDirError(f"--overwrite refuses {path!r}: it holds {str(p)!r}, which must be kept")
+    if not is_marked(real):
+        if os.path.isfile(os.path.join(real, "config.json")):
+            raise RunDirError(f"--overwrite refuses {path!r}: a run made before run directories were "
+                              f"marked as ours ({MARKER}), so not provably one; remove it yourself "
+                              f"or pass another --out")
+        raise RunDirError(f"--overwrite refuses {path!r}: not a run directory made by dcgan_jax "
+                          f"(no {MARKER}); empty it yourself or pass another --out")
+
+
+def _contains(folder: str, path: str) -> bool:
+    return os.path.commonpath([folder, path]) == folder
+
+
+def _move_aside(path: str, real: str) -> str:
+    n = 1
+    while os.path.lexists(f"{real}.old-{n}"):
+        n += 1
+    try:
+        os.rename(real, f"{real}.old-{n}")
     except OSError as e:
-        raise RunDirError(f"run dir {path!r} is not writable ({e.strerror})") from None
-    return path
+        raise RunDirError(f"--overwrite could not move {path!r} aside to {real}.old-{n} "
+                          f"({e.strerror})") from None
+    return f"{real}.old-{n}"
+
+
+@contextlib.contextmanager
+def run_dir_lock(path: str):
+    """Hold the run directory `path` for this process: a second process gets RunDirError at once.
+
+    An advisory flock on PATH/.dcgan_jax_lock; the kernel drops it when the process ends however
+    it ends, so a killed run leaves no stale lock. The file stays (deleting a lock file races
+    with a process about to take it) and holds the last holder's pid, for the message.
+    """
+    try:
+        fd = os.open(os.path.join(path, LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise RunDirError(f"run dir {path!r}: cannot open its lock file ({e.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunDirError(f"run dir {path!r} is in use by another process (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def check_resumable(path: str):
@@ -66,14 +160,36 @@ def check_resumable(path: str):
         raise RunDirError(f"run dir {path!r} is not writable ({e.strerror})") from None
 
 
-def atomic_write(path: str, data: bytes):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+def atomic_write(path: str, content: Union[bytes, Callable[[BinaryIO], None]]):
+    """Write `content` (bytes, or a function writing to a binary file) to `path`, whole or not at all.
+
+    It goes to a temporary file in the same folder, synced, then renamed over `path`. Any failure
+    (no space left, an I/O error, an interrupt) removes the temporary file, leaves `path` as it
+    was, and an OSError is raised as WriteError naming the path and the cause.
+    """
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(tmp, "wb") as f:
+            if callable(content):
+                content(f)
+            else:
+                f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            raise WriteError(f"cannot write {path}: {os_cause(e)}") from None
+        raise
+
+
+def os_cause(e: OSError) -> str:
+    """'no space left on device' for ENOSPC: the OS's words, lower case, for a message's end."""
+    text = e.strerror or str(e) or type(e).__name__
+    return text[:1].lower() + text[1:]
 
 
 def write_config(run_dir: str, config: Config, **extra):
@@ -111,10 +227,8 @@ def read_metrics(run_dir: str) -> list:
 
 
 def write_step_metrics(run_dir: str, history: dict):
-    path = os.path.join(run_dir, "step_metrics.npz")
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **{k: np.asarray(v, np.float32) for k, v in history.items()})
-    os.replace(tmp, path)
+    arrays = {k: np.asarray(v, np.float32) for k, v in history.items()}
+    atomic_write(os.path.join(run_dir, "step_metrics.npz"), lambda f: np.savez(f, **arrays))
 
 
 def image_grid(images: np.ndarray, ncol: int = 4, pad: int = 2) -> np.ndarray:
@@ -132,10 +246,7 @@ def image_grid(images: np.ndarray, ncol: int = 4, pad: int = 2) -> np.ndarray:
 def save_grid(path: str, images: np.ndarray, ncol: int = 4, scale: int = 4):
     import matplotlib.image
     grid = np.kron(image_grid(images, ncol), np.ones((scale, scale), np.float32))
-    tmp = path + ".tmp.png"
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    matplotlib.image.imsave(tmp, grid, cmap="gray", vmin=0, vmax=1)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: matplotlib.image.imsave(f, grid, cmap="gray", vmin=0, vmax=1, format="png"))
 
 
 def plot_losses(path: str, loss_g, loss_d, steps_per_epoch: int):
@@ -150,10 +261,17 @@ def plot_losses(path: str, loss_g, loss_d, steps_per_epoch: int):
     ax.set_title("Generator and Discriminator loss during training")
     ax.legend()
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)
+
+
+def save_figure(fig, path: str, **savefig_kwargs):
+    """fig.savefig through atomic_write (format from the file name), then close the figure."""
+    import matplotlib.pyplot as plt
+    fmt = os.path.splitext(path)[1][1:] or "png"
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format=fmt, **savefig_kwargs))
+    finally:
+        plt.close(fig)
 
 
 def save_variables(run_dir: str, generator_variables, discriminator_variables):

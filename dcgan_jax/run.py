@@ -5,7 +5,6 @@ restores the newest intact checkpoint and replays from the epoch after it: every
 and noise come from (seed, epoch) alone, so a run killed at any point and resumed ends with the
 same state, bit for bit on CPU, as one never interrupted.
 """
-import concurrent.futures
 import hashlib
 import os
 import time
@@ -15,19 +14,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import outputs
+from . import outputs, startup
 from .checkpoints import RESTART_HINT, CheckpointError, RunCheckpoints, config_conflicts
 from .config import Config, ConfigError
 from .data import Dataset, load_mnist
 from .parallel import DataParallel
-from .train import (TrainState, compile_generate, create_train_state, epoch_key, generate, learning_rate,
-                    noise, resolve_loop, run_keys)
+from .kernels import resolve as resolve_kernels
+from .train import (TrainState, create_train_state, epoch_key, generate, generator_output, learning_rate, noise,
+                    resolve_loop, run_keys, train_epoch)
 
 
 FINAL_FILES = ("losses.png", "generator.msgpack", "discriminator.msgpack")
 
-# One program for the whole copy: eagerly, each array shape is a program to compile (or fetch from
-# the compile cache) before the next epoch can start (0.3 s cold on the CPU, 0.06 s as one).
+# One program for the whole copy, not one per array shape.
 _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
 
@@ -135,8 +134,8 @@ def _fit(config: Config, run_dir: str, data: Dataset, dp: DataParallel, checkpoi
                                   f"(a resumed run keeps its config)")
     loop = resolve_loop(config.loop)
     # A scanned epoch is one asynchronous dispatch: the next one starts before this one's
-    # checkpoint, samples and logs are written (~0.8 s per 1.7 s epoch on an H100), so the device
-    # trains meanwhile; the 20-epoch run is 5 s shorter (benchmarks/NOTES.md). Steps keep the order.
+    # checkpoint, samples and logs are written, so the device trains meanwhile (docs/performance.md).
+    # Steps keep the order.
     overlap = loop == "scan"
     if restored:
         records, start = list(restored.records), restored.epoch + 1
@@ -151,10 +150,14 @@ def _fit(config: Config, run_dir: str, data: Dataset, dp: DataParallel, checkpoi
     if primary and not done:
         outputs.write_config(run_dir, config, data_source=data.source, genuine_mnist=data.genuine,
                              backend=jax.default_backend(), devices=jax.device_count(),
-                             processes=jax.process_count(), loop_resolved=loop, jax_version=jax.__version__,
+                             processes=jax.process_count(), loop_resolved=loop,
+                             kernels_resolved=resolve_kernels(config.kernels), jax_version=jax.__version__,
                              checkpoint_every=checkpoint_every, keep=keep)
         # drop lines of epochs that ran after the restored checkpoint: they run again
         outputs.write_metrics(run_dir, records)
+    if not finished:
+        log("compiling the training programs (the first epoch's time includes what is left of it; the "
+            "compile cache makes the next start faster)")
     state, images, fixed_z, train_key, learning_rates, initialised = _start(
         config, dp, data, restored.state if restored else None, None if finished else start, loop)
     if done:
@@ -169,22 +172,23 @@ def _fit(config: Config, run_dir: str, data: Dataset, dp: DataParallel, checkpoi
             log(f"resuming {run_dir} after epoch {restored.epoch} (step {int(dp.to_host(state.step))})")
         log(f"{data.source}: {len(data.images)} images, {config.steps_per_epoch} steps of "
             f"{config.batch_size} per epoch, epochs {start}..{config.epochs}, order {config.order}, "
-            f"dtype {config.dtype}, loop {loop} on {dp.num_devices} {jax.default_backend()} device(s)")
+            f"dtype {config.dtype}, loop {loop}, kernels {resolve_kernels(config.kernels)} on "
+            f"{dp.num_devices} {jax.default_backend()} device(s)")
+    bar = _Bar(start, config) if progress and primary and not finished else None
 
     def start_epoch(state, epoch, begin=None):
-        bar = _progress_bar(epoch, config, progress and primary and loop == "steps")
         begin = begin or time.perf_counter()
-        new_state, metrics = dp.train_epoch(state, images, epoch_key(train_key, epoch), loop=loop,
-                                            on_step=bar and bar.on_step)
-        return begin, bar, new_state, metrics
+        new_state, metrics = train_epoch(state, images, epoch_key(train_key, epoch), loop=loop,
+                                         on_step=bar and bar.on_step)
+        return begin, new_state, metrics
 
     running = None if finished else start_epoch(state, start, initialised)
     for epoch in range(start, config.epochs + 1):
-        begin, bar, new_state, metrics = running
+        begin, new_state, metrics = running
         metrics = dp.to_host(metrics)
         seconds = time.perf_counter() - begin
         if bar:
-            bar.close()
+            bar.epoch_done(epoch, loop == "scan")
         _check_finite(metrics, epoch, config, checkpoints)
         state = new_state
         for k in outputs.METRIC_KEYS:
@@ -211,10 +215,12 @@ def _fit(config: Config, run_dir: str, data: Dataset, dp: DataParallel, checkpoi
             outputs.save_grid(os.path.join(run_dir, "samples", f"epoch_{epoch:03d}.png"), samples)
             outputs.write_metrics(run_dir, records)
             outputs.write_step_metrics(run_dir, steps_so_far)
-        log(summary_line(records[-1], config.epochs))
+        _above(bar, log, summary_line(records[-1], config.epochs))
         if not overlap and epoch < config.epochs:
             running = start_epoch(state, epoch + 1)
 
+    if bar:
+        bar.close()
     if primary:
         steps = {k: np.concatenate(v) for k, v in history.items()}
         outputs.plot_losses(os.path.join(run_dir, "losses.png"), steps["loss_g"], steps["loss_d"],
@@ -234,40 +240,30 @@ def _absolute_paths(config: Config) -> Config:
 
 def _start(config: Config, dp: DataParallel, data: Dataset, restored: Optional[TrainState], first_epoch: Optional[int],
            loop: str):
-    """What the epochs need: (state, images, fixed noise, training key, learning rate per epoch,
-    the time the state was ready). Everything the loop runs from `first_epoch` on (None: nothing
-    is left to run) compiles meanwhile in two other threads, so that nothing compiles between two
-    epochs, where a cold start would keep the device idle.
-
-    On a cold start, the init and the epoch's step are the long XLA compilations, overlapped so
-    (benchmarks/NOTES.md); a host with more cores (a GPU machine) overlaps more. Warm (compile
-    cache hits), what is left is Python tracing and lowering, which the GIL serialises. The
-    epoch's seconds count from when the state was ready: what is left of the compilation, then
-    the epoch.
-    """
+    """What the epochs need, on the mesh: (state, images, fixed noise, training key, learning rate
+    per epoch, the time the state was ready). The programs the loop runs from `first_epoch` on
+    (None: nothing is left to run) compile meanwhile in other threads (startup.py)."""
     init_key, sample_key, train_key = run_keys(config.seed)
     images = dp.replicate(data.images)
-    primary = jax.process_index() == 0
-    pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="compile")
+    ahead = startup.Precompiler()
     try:
-        state_type = dp.abstract(jax.eval_shape(lambda key: create_train_state(config, key), init_key))
-        z_type = dp.abstract(jax.eval_shape(lambda key: noise(key, config, config.num_samples), sample_key))
-        compiling = [] if first_epoch is None else [
-            pool.submit(dp.compile_epoch, state_type, images, epoch_key(train_key, first_epoch), loop),
-            *([pool.submit(compile_generate, state_type, z_type, config.samples_bn, unit_range=True)] if primary else []),
-            *([pool.submit(lambda: _copy.lower(state_type).compile())] if loop == "scan" else [])]
+        if first_epoch is not None:
+            state_type = dp.abstract(jax.eval_shape(lambda key: create_train_state(config, key), init_key))
+            ahead.submit(startup.compile_epoch, state_type, images, epoch_key(train_key, first_epoch), loop)
+            if jax.process_index() == 0:
+                z_type = dp.abstract(jax.eval_shape(lambda key: noise(key, config, config.num_samples), sample_key))
+                ahead.submit(startup.lowered_and_compiled, generator_output, config, state_type.generator_variables,
+                             z_type, config.samples_bn, True)
+            if loop == "scan":
+                ahead.submit(startup.lowered_and_compiled, _copy, state_type)
         fixed_z = dp.replicate(noise(sample_key, config, config.num_samples))
         learning_rates = [learning_rate(config, epoch) for epoch in range(1, config.epochs + 1)]
         state = restored if restored is not None else dp.replicate(create_train_state(config, init_key))
         initialised = time.perf_counter()
-        for future in compiling:
-            future.result()
     except BaseException:
-        # Ctrl-C or an error here must not wait for the compilations (seconds; XLA cannot stop
-        # one): the CLI exits without joining their threads (experiments/train.py).
-        pool.shutdown(wait=False, cancel_futures=True)
+        ahead.abandon()
         raise
-    pool.shutdown()
+    ahead.wait()
     return state, images, fixed_z, train_key, learning_rates, initialised
 
 
@@ -293,13 +289,23 @@ def _sync(name: str):
         multihost_utils.sync_global_devices(name)
 
 
-class _Bar:
-    """A tqdm bar over an epoch's steps, with live losses (fetched every few steps)."""
+def _above(bar, log, line: str):
+    """log(line), above the progress bar if there is one."""
+    if bar is None:
+        return log(line)
+    with bar.tqdm.external_write_mode():
+        log(line)
 
-    def __init__(self, epoch, config):
+
+class _Bar:
+    """One tqdm bar over the steps left in the run (its ETA is the run's), with live losses
+    (fetched every few steps); a scanned epoch advances it by a whole epoch."""
+
+    def __init__(self, first_epoch: int, config: Config):
         from tqdm.auto import tqdm
-        self.tqdm = tqdm(total=config.steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}",
-                         leave=False, dynamic_ncols=True)
+        self.config = config
+        self.tqdm = tqdm(total=(config.epochs - first_epoch + 1) * config.steps_per_epoch,
+                         desc=f"epoch {first_epoch}/{config.epochs}", dynamic_ncols=True, leave=False)
 
     def on_step(self, i, metrics):
         self.tqdm.update(1)
@@ -307,9 +313,10 @@ class _Bar:
             host = DataParallel.to_host({k: metrics[k] for k in ("loss_d", "loss_g")})
             self.tqdm.set_postfix(loss_d=f"{float(host['loss_d']):.4f}", loss_g=f"{float(host['loss_g']):.4f}")
 
+    def epoch_done(self, epoch: int, scanned: bool):
+        if scanned:
+            self.tqdm.update(self.config.steps_per_epoch)
+        self.tqdm.set_description(f"epoch {min(epoch + 1, self.config.epochs)}/{self.config.epochs}")
+
     def close(self):
         self.tqdm.close()
-
-
-def _progress_bar(epoch, config, enabled):
-    return _Bar(epoch, config) if enabled else None

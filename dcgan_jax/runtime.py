@@ -9,6 +9,7 @@ changed model or flag simply compiles (and caches) afresh.
 import ctypes
 import os
 import platform
+import tempfile
 import warnings
 from typing import Optional
 
@@ -17,14 +18,22 @@ import jax
 DEFAULT_DIR = os.path.join(os.path.expanduser("~"), ".cache", "dcgan_jax", "jax")
 
 
-def enable_compile_cache(cache_dir: Optional[str] = None) -> str:
+def enable_compile_cache(cache_dir: Optional[str] = None) -> Optional[str]:
     """Store every compiled program under `cache_dir` (default ~/.cache/dcgan_jax/jax) and reuse it.
 
     Call before the first jitted call. Even fast compiles are cached (the train step, the epoch
-    scan, sampling): a warm start then compiles nothing. Returns the folder used.
+    scan, sampling): a warm start then compiles nothing. Returns the folder used; if it cannot be
+    created or written (a read-only home), warns in one line and returns None: programs then
+    compile as without a cache, which changes no result.
     """
     cache_dir = os.path.abspath(os.path.expanduser(cache_dir or DEFAULT_DIR))
-    os.makedirs(cache_dir, exist_ok=True)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        tempfile.TemporaryFile(dir=cache_dir).close()
+    except OSError as e:
+        warnings.warn(f"compile cache {cache_dir} is unusable ({e.strerror or e}); compiling without it",
+                      stacklevel=2)
+        return None
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -34,9 +43,8 @@ def enable_compile_cache(cache_dir: Optional[str] = None) -> str:
 def enable_threefry_kernel() -> None:
     """Lower jax.random's threefry hash to one CUDA/ROCm kernel instead of ~100 unrolled XLA ops.
 
-    The same bits (the same hash, computed by a kernel), compiled in a fraction of the time: on an
-    H100 the init program compiles in 3.3 s instead of 16.7 s and the first scanned epoch in 13.4 s
-    instead of 17.1 s (benchmarks/NOTES.md). CPU programs are unaffected. A global JAX setting, so
+    The same bits (the same hash, computed by a kernel), compiled in a fraction of the time
+    (measurements in benchmarks/NOTES.md). CPU programs are unaffected. A global JAX setting, so
     the CLI sets it and library users opt in.
     """
     jax.config.update("jax_threefry_gpu_kernel_lowering", True)
@@ -49,14 +57,14 @@ _KEEP_FREED_BYTES = 1 << 30
 def reuse_cpu_memory() -> bool:
     """Run CPU programs inline and keep freed memory in the process; True if malloc was tuned.
 
-    Why: every XLA:CPU execution mallocs its buffers afresh (222 MB of temporaries for the
-    reference train step, plus Eigen's 40-180 MB packing buffers per weight gradient). Async
-    dispatch runs the program on a worker thread, whose glibc arena serves such sizes with mmap
-    and returns them with munmap: ~57,000 page faults and ~110 ms of system time per step. Run
-    inline, the program allocates from the main arena, which with mmap off and a 1 GiB trim
-    threshold keeps the freed pages for the next step: ~300 faults, step 3-10 % faster on 2 cores
-    (benchmarks/NOTES.md, CPU attempt 15). Costs: Python waits for each CPU computation (the
-    step loop syncs every step anyway), and the process keeps up to 1 GiB of freed memory.
+    Why: every XLA:CPU execution mallocs its buffers afresh (hundreds of MB of temporaries for
+    the reference train step, plus Eigen's packing buffers per weight gradient). Async dispatch
+    runs the program on a worker thread, whose glibc arena serves such sizes with mmap and
+    returns them with munmap, so every step page-faults all of them in again. Run inline, the
+    program allocates from the main arena, which with mmap off and a 1 GiB trim threshold keeps
+    the freed pages for the next step (measurements in benchmarks/NOTES.md). Costs: Python waits
+    for each CPU computation (the step loop syncs every step anyway), and the process keeps up
+    to 1 GiB of freed memory.
 
     Call before the first computation (the CPU client reads the dispatch mode when it starts);
     called later it warns and changes nothing. It starts the backends to find the platform and

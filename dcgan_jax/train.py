@@ -9,28 +9,17 @@ from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from . import kernels
 from .config import Config, ConfigError
 from .losses import discriminator_loss, generator_loss, prob_real
 from .models import Discriminator, Generator
 
 _COMPUTE = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
-
-
-def _jaxlib_version() -> tuple:
-    from jaxlib import version
-    return tuple(int(part) for part in version.__version__.split(".")[:2] if part.isdigit())
-
-
-# XLA:CPU (jaxlib >= 0.9) hands convolutions to YNNPACK, whose weight gradients run at 20-30
-# GFLOP/s on this model's shapes; keeping YNNPACK for dots only (Eigen convolutions) makes the
-# 2-core CPU step 1.8x faster (benchmarks/NOTES.md, CPU attempt 5). Other backends ignore it.
-STEP_COMPILER_OPTIONS = ({"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-                         if _jaxlib_version() >= (0, 9) else {})
-# jax.jit keywords for the step's programs (none on old jax, whose jax.jit lacks compiler_options).
-STEP_JIT_KWARGS = {"compiler_options": STEP_COMPILER_OPTIONS} if STEP_COMPILER_OPTIONS else {}
 
 
 @struct.dataclass
@@ -57,27 +46,12 @@ def param_dtype(config: Config):
     return jnp.float64 if config.dtype == "float64" else jnp.float32
 
 
-def build_models(config: Config, platform: Optional[str] = None):
-    """The generator and discriminator for `config`; `platform` (where they run, if known; see
-    models.on_platform) only chooses how their convolutions and reductions are computed."""
-    dtype, pdtype = _COMPUTE[config.dtype], param_dtype(config)
-    return (Generator(config.latent_dim, dtype=dtype, param_dtype=pdtype, platform=platform),
-            Discriminator(dtype=dtype, param_dtype=pdtype, platform=platform))
-
-
-def platform_of(*arrays) -> Optional[str]:
-    """The platform ("cpu", "gpu", ...) a jitted call on `arrays` runs on, where their jax Arrays
-    (or ShapeDtypeStructs with a sharding) all lie on one kind of device; host arrays go where
-    those are. None (each platform-dependent choice left to lowering) under a trace, or where no
-    argument or more than one platform says."""
-    platforms = set()
-    for x in arrays:
-        if isinstance(x, jax.core.Tracer):
-            return None
-        sharding = getattr(x, "sharding", None)
-        if sharding is not None:
-            platforms |= {d.platform for d in sharding.device_set}
-    return platforms.pop() if len(platforms) == 1 else None
+def build_models(config: Config):
+    """The generator and discriminator for `config`, built from the layer forms config.kernels
+    selects (kernels.select: the same values in any form)."""
+    dtype, pdtype, layers = _COMPUTE[config.dtype], param_dtype(config), kernels.select(config.kernels)
+    return (Generator(config.latent_dim, dtype=dtype, param_dtype=pdtype, kernels=layers),
+            Discriminator(dtype=dtype, param_dtype=pdtype, kernels=layers))
 
 
 def lr_schedule(config: Config, updates_per_epoch: int) -> optax.Schedule:
@@ -102,8 +76,7 @@ def learning_rate(config: Config, epoch: int) -> float:
     return float(_learning_rate(config, epoch))
 
 
-# One program per config, which fit compiles while starting: run eagerly, the schedule's seven
-# ops each compiled after the first epoch (0.23 s on the CPU), the device idle meanwhile.
+# One program, not one per op of the schedule.
 @functools.partial(jax.jit, static_argnames="config")
 def _learning_rate(config: Config, epoch):
     return lr_schedule(config, config.steps_per_epoch)((epoch - 1) * config.steps_per_epoch)
@@ -115,18 +88,14 @@ def create_train_state(config: Config, key) -> TrainState:
     if config.dtype == "float64" and not jax.config.jax_enable_x64:
         raise ConfigError("dtype='float64' needs jax.config.update('jax_enable_x64', True) first")
     build_optimizers(config)  # fails here, not inside jit, on unresolved steps_per_epoch
-    if platform_of(key) == "cpu":
-        g_vars, d_vars = _cpu_init_program(config.latent_dim, config.dtype, _abstract(key))(key)
-    else:
-        g_vars, d_vars = _init_variables(config.latent_dim, config.dtype, key)
+    g_vars, d_vars = _init_variables(config.latent_dim, config.dtype, key)
     step, g_opt, d_opt = _fresh_optimizer_states(config, g_vars["params"], d_vars["params"])
     return TrainState(step=step, g_params=g_vars["params"], g_stats=g_vars["batch_stats"],
                       d_params=d_vars["params"], d_stats=d_vars["batch_stats"], g_opt=g_opt, d_opt=d_opt,
                       config=config)
 
 
-# One program: eagerly, each of Adam's zero moments is a program of its own to compile (23 of them,
-# ~1 s on the CPU at every cold start).
+# One program, not one per zero moment of Adam.
 @functools.partial(jax.jit, static_argnames="config")
 def _fresh_optimizer_states(config: Config, g_params, d_params):
     g_tx, d_tx = build_optimizers(config)
@@ -134,7 +103,9 @@ def _fresh_optimizer_states(config: Config, g_params, d_params):
 
 
 def _init_variables_fn(latent_dim: int, dtype: str, key):
-    generator, discriminator = build_models(Config(latent_dim=latent_dim, dtype=dtype))
+    # flax's own layers: initialising traces the forward pass only for its shapes, which any
+    # kernels give alike
+    generator, discriminator = build_models(Config(latent_dim=latent_dim, dtype=dtype, kernels="flax"))
     g_key, d_key = jax.random.split(key)
     pdtype = param_dtype(Config(dtype=dtype))
     g_vars = generator.init(g_key, jnp.zeros((1, latent_dim), pdtype), train=False)
@@ -142,21 +113,18 @@ def _init_variables_fn(latent_dim: int, dtype: str, key):
     return g_vars, d_vars
 
 
-# Keyed on what the networks depend on, not the whole config: XLA:CPU takes 7-9 s to compile the
-# 80 threefry calls of the init, so configs that differ in training settings share one.
-_init_variables = jax.jit(_init_variables_fn, static_argnums=(0, 1))
+# Keyed on what the networks depend on, not the whole config: configs that differ in training
+# settings share one init program. Its many unrolled threefry hashes make LLVM's -O3 slow to
+# compile it; -O2 compiles it into the same bits (tests/test_train.py), for a program that runs
+# once.
+_init_program = jax.jit(_init_variables_fn, static_argnums=(0, 1),
+                        compiler_options={"xla_backend_optimization_level": 2})
 
 
-@functools.lru_cache(maxsize=None)
-def _cpu_init_program(latent_dim: int, dtype: str, key_type: jax.ShapeDtypeStruct):
-    # LLVM at -O2 instead of -O3 compiles the init in 3-3.5 s instead of 7-9, into the same bits
-    # (a test checks), and runs it in 0.036 s instead of 0.032 (benchmarks/NOTES.md). Other
-    # platforms keep their default: nothing there says their bits would stay.
-    return _init_variables.lower(latent_dim, dtype, key_type).compile({"xla_backend_optimization_level": 2})
-
-
-def _abstract(x) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+def _init_variables(latent_dim: int, dtype: str, key):
+    if isinstance(key, jax.core.Tracer):  # inside another trace (eval_shape), which owns compilation
+        return _init_variables_fn(latent_dim, dtype, key)
+    return _init_program(latent_dim, dtype, key)
 
 
 def scale_images(images, config: Config):
@@ -172,9 +140,9 @@ def noise(key, config: Config, n: int):
     return jax.random.normal(key, (n, config.latent_dim), param_dtype(config))
 
 
-def _train_step(state: TrainState, real_batch, key, platform: Optional[str] = None):
+def _train_step(state: TrainState, real_batch, key):
     config = state.config
-    generator, discriminator = build_models(config, platform)
+    generator, discriminator = build_models(config)
     g_tx, d_tx = build_optimizers(config)
     real = scale_images(real_batch, config)
     n = real.shape[0]
@@ -244,8 +212,8 @@ def _train_step(state: TrainState, real_batch, key, platform: Optional[str] = No
     return new_state, jax.tree.map(lambda m: m.astype(jnp.float32), metrics)
 
 
-# Not donating: callers may reuse `state` (purity tests, parity). The scanned epoch donates.
-jitted_train_step: Callable = jax.jit(_train_step, static_argnames="platform", **STEP_JIT_KWARGS)
+# Not donating: callers may reuse `state` (purity tests, parity). The epoch runner donates.
+jitted_train_step: Callable = jax.jit(_train_step, **kernels.STEP_JIT_KWARGS)
 
 
 def train_step(state: TrainState, real_batch, key):
@@ -254,10 +222,8 @@ def train_step(state: TrainState, real_batch, key):
     real_batch: (N, 28, 28, 1) uint8 pixels (scaled by config.data_range) or floats already scaled.
     key: the noise for this iteration is drawn from it (split across the d_steps fake batches).
     metrics: loss_d, loss_g, d_real (mean D(x)), d_fake (mean D(G(z)) in the D step), float32.
-    Traced for the platform the arrays are on (platform_of): the program a platform-independent
-    trace lowers to, in 0.6 of the tracing time.
     """
-    return jitted_train_step(state, real_batch, key, platform=platform_of(state.step, real_batch))
+    return jitted_train_step(state, real_batch, key)
 
 
 def epoch_plan(key, num_examples: int, steps: int, batch_size: int):
@@ -267,70 +233,82 @@ def epoch_plan(key, num_examples: int, steps: int, batch_size: int):
     return idx.reshape(steps, batch_size), jax.random.split(step_key, steps)
 
 
-_epoch_plan = jax.jit(epoch_plan, static_argnums=(1, 2, 3))
-
-
-@functools.partial(jax.jit, donate_argnums=0, static_argnames="platform", **STEP_JIT_KWARGS)
-def _scan_epoch(state: TrainState, images, key, platform: Optional[str] = None):
-    cfg = state.config
-    idx, keys = epoch_plan(key, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
-    return jax.lax.scan(lambda s, xs: _train_step(s, images[xs[0]], xs[1], platform), state, (idx, keys))
-
-
 def resolve_loop(loop: str) -> str:
-    """'auto' scans on accelerators; on CPU, XLA's conv weight gradients run 14-37x slower inside
-    a scan (benchmarks/NOTES.md)."""
+    """'auto' scans on accelerators; on CPU, XLA's convolution weight gradients run much slower
+    inside a scan (docs/performance.md)."""
     return ("steps" if jax.default_backend() == "cpu" else "scan") if loop == "auto" else loop
+
+
+def mesh_of(images) -> Mesh:
+    """The device mesh an epoch over `images` runs on: their NamedSharding's, or a mesh of the one
+    device they (or, for host arrays, JAX's first device) are on."""
+    sharding = getattr(images, "sharding", None)
+    if isinstance(sharding, NamedSharding):
+        return sharding.mesh
+    device = min(sharding.device_set, key=lambda d: d.id) if sharding is not None else jax.devices()[0]
+    return Mesh(np.asarray([device]), ("batch",))
+
+
+@functools.lru_cache(maxsize=None)
+def epoch_programs(mesh: Mesh):
+    """The jitted programs of an epoch on `mesh`: the plan, one step, and the scanned epoch.
+
+    The batch is sharded over every mesh axis and everything else replicated; GSPMD partitions
+    the unchanged _train_step, so BatchNorm's statistics and the gradients become all-reduces over
+    the global batch and any number of devices computes what one device computes. The epoch key
+    arrives as host key data, which every process of a multi-host run holds alike.
+    """
+    replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P(mesh.axis_names))
+
+    def plan(key_data, num_examples, steps, batch_size):
+        idx, keys = epoch_plan(jax.random.wrap_key_data(key_data), num_examples, steps, batch_size)
+        return idx, jax.random.key_data(keys)
+
+    def step_on(state, images, idx, key_data):
+        real = jax.lax.with_sharding_constraint(images[idx], batch)
+        return _train_step(state, real, jax.random.wrap_key_data(key_data))
+
+    def step(state, images, idx, keys, i):
+        return step_on(state, images, idx[i], keys[i])
+
+    def scan(state, images, key_data):
+        cfg = state.config
+        idx, keys = plan(key_data, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
+        return jax.lax.scan(lambda s, xs: step_on(s, images, *xs), state, (idx, keys))
+
+    return (jax.jit(plan, static_argnums=(1, 2, 3), out_shardings=replicated),
+            jax.jit(step, out_shardings=replicated, **kernels.STEP_JIT_KWARGS),
+            jax.jit(scan, donate_argnums=0, out_shardings=replicated, **kernels.STEP_JIT_KWARGS))
 
 
 def train_epoch(state: TrainState, images, key, loop: Optional[str] = None,
                 on_step: Optional[Callable[[int, dict], None]] = None):
-    """Shuffle `images` (on device, uint8) with `key` and run one epoch of steps_per_epoch steps.
+    """Shuffle `images` (uint8, on the devices) with `key` and run one epoch of steps_per_epoch
+    steps, on one device or, for images placed on a mesh (parallel.DataParallel), the batch
+    split across its devices.
 
     Both loop strategies use the same batches and keys; returns (state, metrics) with each
     metric stacked over the epoch's steps. "scan" donates `state`. `on_step(i, metrics)` is
     called after each step in "steps" mode (it costs a device sync per step).
     """
     cfg = state.config
-    loop, platform = resolve_loop(loop or cfg.loop), platform_of(state.step, images)
-    if loop == "scan":
-        return _scan_epoch(state, images, key, platform)
-    idx, keys = _epoch_plan(key, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
+    plan, step, scan = epoch_programs(mesh_of(images))
+    key_data = np.asarray(jax.random.key_data(key))
+    if resolve_loop(loop or cfg.loop) == "scan":
+        return scan(state, images, key_data)
+    idx, keys = plan(key_data, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
     history = []
     for i in range(cfg.steps_per_epoch):
-        state, metrics = jitted_train_step(state, *_step_inputs(images, idx, keys, i), platform=platform)
+        state, metrics = step(state, images, idx, keys, np.int32(i))
         history.append(metrics)
         if on_step is not None:
             on_step(i, metrics)
-    return state, _stack(history)
-
-
-# The step loop's glue as programs, not eager ops: each eager op is one more dispatch per step,
-# and one more compilation that compile_epoch cannot do ahead.
-@jax.jit
-def _step_inputs(images, idx, keys, i):
-    return images[idx[i]], keys[i]
+    return state, stack_metrics(history)
 
 
 @jax.jit
-def _stack(history):
+def stack_metrics(history):
     return jax.tree.map(lambda *m: jnp.stack(m), *history)
-
-
-def compile_epoch(state: TrainState, images, key, loop: Optional[str] = None):
-    """Compile the programs train_epoch(state, images, key, loop) runs, without running them: the
-    jitted functions keep them, so the epoch then starts at once. Any argument may be abstract
-    (ShapeDtypeStructs, with the shardings the real arrays will have), so a caller can compile
-    while it loads and initialises (run.fit does)."""
-    cfg, platform = state.config, platform_of(state.step, images)
-    if resolve_loop(loop or cfg.loop) == "scan":
-        _scan_epoch.lower(state, images, key, platform).compile()
-        return
-    plan = _epoch_plan.lower(key, images.shape[0], cfg.steps_per_epoch, cfg.batch_size).compile()
-    # the plan of an uncommitted key (epoch_key's) is uncommitted too: lowered so, as it is called
-    inputs = _step_inputs.lower(images, *(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in plan.out_info), 0).compile()
-    step = jitted_train_step.lower(state, *inputs.out_info, platform=platform).compile()
-    _stack.lower([step.out_info[1]] * cfg.steps_per_epoch).compile()
 
 
 @functools.partial(jax.jit, static_argnames=("config", "bn", "unit_range"))
@@ -349,12 +327,6 @@ def generator_output(config: Config, generator_variables, z, bn: str = "batch", 
 def generate(state: TrainState, z, bn: str = "batch", unit_range: bool = False):
     """G(z) from a train state, without touching it; see generator_output."""
     return generator_output(state.config, state.generator_variables, z, bn, unit_range)
-
-
-def compile_generate(state: TrainState, z, bn: str = "batch", unit_range: bool = False):
-    """Compile the program generate(state, z, bn, unit_range) runs, without running it; any
-    argument may be abstract (as for compile_epoch)."""
-    generator_output.lower(state.config, state.generator_variables, z, bn, unit_range).compile()
 
 
 def to_unit_range(images, config: Config):

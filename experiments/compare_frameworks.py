@@ -14,7 +14,9 @@ run, the summary, the machine), OUT/compare.md (the table: mean ± std over seed
 dcgan_jax runs, OUT/jax_seedN/; a non-empty OUT is refused unless --overwrite.
 Epoch times exclude the first epoch (compilation, warm-up), which is listed separately. On CPU,
 --cpu-memory-reuse (default on, as in the training CLI) tunes the process's malloc for both
-frameworks (steps ~15 % faster for PyTorch, ~7 % for dcgan_jax: benchmarks/NOTES.md, CPU attempt 15).
+frameworks, so that neither pays for page faults the other does not (docs/performance.md).
+Exit status: 0 done, 1 runtime error (data, a non-empty --out, a failed write), 2 bad arguments
+or config, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
 import argparse
 import json
@@ -29,9 +31,11 @@ import numpy as np
 from dcgan_jax import metrics
 from dcgan_jax.config import PRESETS, ConfigError, preset
 from dcgan_jax.data import DataError, load_mnist
-from dcgan_jax.outputs import atomic_write, load_variables
-from experiments.common import (add_cpu_memory_reuse_flag, apply_cpu_memory_reuse, check_cpu_memory_reuse,
-                                generate_images)
+from dcgan_jax.outputs import RunDirError, atomic_write, load_variables
+from experiments.common import (MAX_SAMPLES, add_cpu_memory_reuse_flag, apply_cpu_memory_reuse, check_count,
+                                check_cpu_memory_reuse, check_out, generate_images)
+
+MAX_SEEDS = 100
 
 COLUMNS = (("epoch_seconds", "s/epoch", "{:.2f}"), ("first_epoch_seconds", "1st epoch s", "{:.2f}"),
            ("loss_d", "final loss_d", "{:.3f}"), ("loss_g", "final loss_g", "{:.3f}"),
@@ -145,9 +149,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.compare_frameworks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="quick", choices=list(PRESETS))
-    p.add_argument("--seeds", type=int, default=2, help="runs per framework (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=2, help=f"runs per framework, 1 to {MAX_SEEDS} (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="first seed")
-    p.add_argument("--num-samples", type=int, default=10000, help="generated images scored per run")
+    p.add_argument("--num-samples", type=int, default=10000,
+                   help=f"generated images scored per run, 10 to {MAX_SAMPLES} (default: %(default)s)")
     p.add_argument("--data-dir", help="MNIST IDX folder (default: TFDS)")
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--steps-per-epoch", type=int, help="override the preset's steps per epoch")
@@ -157,7 +162,10 @@ def main(argv=None) -> int:
                    help="device of the PyTorch runs: auto (cuda when available, else cpu), cpu, cuda")
     add_cpu_memory_reuse_flag(p)   # tunes the process's malloc: PyTorch's steps gain from it too
     args = p.parse_args(argv)
-    if error := check_cpu_memory_reuse(args):
+    error = (check_count("--seeds", args.seeds, 1, MAX_SEEDS)
+             or check_count("--num-samples", args.num_samples, 10, MAX_SAMPLES)
+             or check_out(args.out, folder=True) or check_cpu_memory_reuse(args))
+    if error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     apply_cpu_memory_reuse(args)
@@ -168,8 +176,6 @@ def main(argv=None) -> int:
               f"and tables, or another --out", file=sys.stderr)
         return 1
     try:
-        if args.seeds < 1 or args.num_samples < 10:
-            raise ConfigError("--seeds must be >= 1 and --num-samples >= 10")
         base = preset(args.preset, **overrides)
         check_reference_supports(base)
         if base.epochs < 2:
@@ -194,7 +200,14 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 1
 
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        return compare(args, base, data, torch_device)
+    except RunDirError as e:  # WriteError too: a full disk, an unwritable --out
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def compare(args, base, data, torch_device: str) -> int:
     runs = {"pytorch": [], "dcgan_jax": []}
     for i in range(args.seeds):
         config = base.replace(seed=args.seed + i)

@@ -9,6 +9,8 @@ scores: a train subset of the same size against the test set, and the test set's
 Score. Writes RUN_DIR/eval.json and RUN_DIR/eval.png (predicted-digit histogram and a grid of
 samples). MNIST is found as training found it (the run's data_dir, else TFDS) unless --data-dir
 is given.
+Exit status: 0 done, 1 runtime error (not a finished run directory, data, a failed write), 2 bad
+arguments, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
 import argparse
 import json
@@ -20,8 +22,8 @@ import numpy as np
 
 from dcgan_jax import metrics
 from dcgan_jax.data import DataError
-from dcgan_jax.outputs import atomic_write, image_grid
-from experiments.common import generate_images, load_run
+from dcgan_jax.outputs import WriteError, atomic_write, image_grid, save_figure as write_figure
+from experiments.common import MAX_SAMPLES, check_count, generate_images, load_run
 
 ROWS = (("fid", "FID", "{:.3f}"), ("kid", "KID", "{:.5f}"), ("inception_score", "Inception Score", "{:.3f}"),
         ("precision", "precision (k=3)", "{:.3f}"), ("recall", "recall (k=3)", "{:.3f}"),
@@ -68,10 +70,7 @@ def save_figure(path: str, scores: dict, samples: np.ndarray, test_histogram=Non
     ax_grid.set_axis_off()
     ax_grid.set_title("samples")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    write_figure(fig, path, dpi=100)
 
 
 def main(argv=None) -> int:
@@ -79,14 +78,15 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a finished run directory (python -m experiments.train)")
     p.add_argument("--data-dir", help="MNIST IDX folder (default: the run's, else TFDS)")
-    p.add_argument("--num-samples", type=int, default=10000, help="generated images (default: %(default)s)")
+    p.add_argument("--num-samples", type=int, default=10000,
+                   help=f"generated images, 10 to {MAX_SAMPLES} (default: %(default)s)")
     p.add_argument("--bn", choices=("batch", "running"),
                    help="generator BatchNorm: batch (train mode) or running (eval mode); default: the run's samples_bn")
     p.add_argument("--seed", type=int, default=0, help="seed of the evaluation noise and KID subsets")
     p.add_argument("--no-baselines", action="store_true", help="skip the real-data baselines")
     args = p.parse_args(argv)
-    if args.num_samples < 10:
-        p.error("--num-samples must be at least 10")
+    if error := check_count("--num-samples", args.num_samples, 10, MAX_SAMPLES):
+        p.error(error)
     config, g_vars, _ = load_run(args.run_dir)
     data_dir = args.data_dir or config.data_dir
     bn = args.bn or config.samples_bn
@@ -108,9 +108,13 @@ def main(argv=None) -> int:
               "generated": scores, "real_baselines": baselines,
               "extractor": {"file": "dcgan_jax/assets/mnist_extractor.msgpack",
                             "version": metrics.extractor.WEIGHTS_VERSION}}
-    atomic_write(os.path.join(args.run_dir, "eval.json"), json.dumps(report, indent=2).encode())
-    save_figure(os.path.join(args.run_dir, "eval.png"), scores, samples,
-                metrics.class_coverage(test_probs)["class_histogram"])
+    try:
+        atomic_write(os.path.join(args.run_dir, "eval.json"), json.dumps(report, indent=2).encode())
+        save_figure(os.path.join(args.run_dir, "eval.png"), scores, samples,
+                    metrics.class_coverage(test_probs)["class_histogram"])
+    except WriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {os.path.join(args.run_dir, 'eval.json')} and eval.png")
     return 0
 

@@ -9,6 +9,9 @@ Writes into DIR (default RUN_DIR/figures):
   interpolation.png        G along straight (linear) and great-circle (spherical) paths between
                            pairs of latent vectors
   real_vs_generated.png    MNIST test images next to generated ones
+Files of those names in an --out DIR are not overwritten (RUN_DIR/figures is this script's own).
+Exit status: 0 done, 1 runtime error (not a finished run directory, data, a failed write), 2 bad
+arguments, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
 import argparse
 import os
@@ -19,9 +22,11 @@ import jax
 import numpy as np
 
 from dcgan_jax.data import DataError, load_mnist
-from dcgan_jax.outputs import image_grid
+from dcgan_jax.outputs import WriteError, atomic_write, image_grid, save_figure
 from dcgan_jax.train import generator_output
-from experiments.common import generate_images, load_run
+from experiments.common import check_new_files, check_out, generate_images, load_run
+
+FILES = ("samples.gif", "losses.png", "interpolation.png", "real_vs_generated.png")
 
 
 def _pyplot():
@@ -53,7 +58,8 @@ def samples_gif(run_dir: str, path: str, frame_ms: int = 600):
         canvas.paste(img, (0, 16))
         ImageDraw.Draw(canvas).text((4, 2), f"epoch {epoch}", fill=0)
         frames.append(canvas)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0)
+    atomic_write(path, lambda f: frames[0].save(f, format="GIF", save_all=True, append_images=frames[1:],
+                                                duration=frame_ms, loop=0))
     return len(frames)
 
 
@@ -66,9 +72,7 @@ def moving_average(y, window: int):
 
 
 def loss_figure(run_dir: str, path: str, steps_per_epoch: int):
-    fig = loss_plot(np.load(os.path.join(run_dir, "step_metrics.npz")), steps_per_epoch)
-    fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
+    save_figure(loss_plot(np.load(os.path.join(run_dir, "step_metrics.npz")), steps_per_epoch), path, dpi=100)
 
 
 def loss_plot(metrics, steps_per_epoch: int):
@@ -132,8 +136,7 @@ def interpolation_figure(config, variables, path: str, key, pairs: int = 6, step
         ax.set_axis_off()
         ax.set_title(f"{name} interpolation (one pair of z per row)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def real_vs_generated(real, generated, path: str):
@@ -144,8 +147,7 @@ def real_vs_generated(real, generated, path: str):
         ax.set_axis_off()
         ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def main(argv=None) -> int:
@@ -156,6 +158,11 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", help="MNIST IDX folder for the real images (default: the run's, else TFDS)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    out = args.out if args.out is not None else os.path.join(args.run_dir, "figures")
+    error = check_out(out, folder=True) or (
+        check_new_files(os.path.join(out, f) for f in FILES) if args.out is not None else None)
+    if error:
+        p.error(error)
     config, g_vars, _ = load_run(args.run_dir)
     interp_key, sample_key, real_key = jax.random.split(jax.random.key(args.seed), 3)
     # Every input is checked before --out is created: an error leaves no empty folder behind.
@@ -167,17 +174,18 @@ def main(argv=None) -> int:
     except (DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    out = args.out or os.path.join(args.run_dir, "figures")
-    os.makedirs(out, exist_ok=True)
-
-    frames = samples_gif(args.run_dir, os.path.join(out, "samples.gif"))
-    loss_figure(args.run_dir, os.path.join(out, "losses.png"), config.steps_per_epoch)
-    interpolation_figure(config, g_vars, os.path.join(out, "interpolation.png"), interp_key)
-    n = min(64, len(real))
-    pick = np.asarray(jax.random.choice(real_key, len(real), (n,), replace=False))
-    real_vs_generated(real[pick].astype(np.float32) / 255,
-                      generate_images(config, g_vars, n, sample_key, config.samples_bn),
-                      os.path.join(out, "real_vs_generated.png"))
+    try:
+        frames = samples_gif(args.run_dir, os.path.join(out, "samples.gif"))
+        loss_figure(args.run_dir, os.path.join(out, "losses.png"), config.steps_per_epoch)
+        interpolation_figure(config, g_vars, os.path.join(out, "interpolation.png"), interp_key)
+        n = min(64, len(real))
+        pick = np.asarray(jax.random.choice(real_key, len(real), (n,), replace=False))
+        real_vs_generated(real[pick].astype(np.float32) / 255,
+                          generate_images(config, g_vars, n, sample_key, config.samples_bn),
+                          os.path.join(out, "real_vs_generated.png"))
+    except WriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {out}/: samples.gif ({frames} epochs), losses.png, interpolation.png, real_vs_generated.png")
     return 0
 

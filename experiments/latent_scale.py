@@ -13,6 +13,10 @@ Why: the generator's first layer is a ConvTranspose without bias, so its output 
 and scaling every z by c scales that output, its batch mean and its batch std by c. Train-mode
 BatchNorm divides by the batch std, which leaves sign(c) (and the eps term). Eval-mode BatchNorm
 divides by a fixed running std, so c * z reaches the ReLUs c times larger.
+
+An --out that exists is not overwritten (the default figure in RUN_DIR is this script's own).
+Exit status: 0 done, 1 runtime error (not a finished run directory, a failed write), 2 bad
+arguments, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
 import argparse
 import os
@@ -21,9 +25,11 @@ import sys
 import jax
 import numpy as np
 
-from dcgan_jax.outputs import image_grid
+from dcgan_jax.outputs import WriteError, image_grid, save_figure as write_figure
 from dcgan_jax.train import generator_output
-from experiments.common import load_run
+from experiments.common import check_count, check_new_files, check_out, load_run
+
+MAX_NUM = 4096   # one train-mode batch through the generator: the tutorial's is 20
 
 SCALES = (1.0, -10000.0, 50000.0)
 MODES = (("batch", "train mode (batch statistics, as the tutorial)"),
@@ -71,9 +77,7 @@ def save_figure(path: str, results, config, shown: int = 16):
                 ax.set_ylabel(title, fontsize=9)
     fig.suptitle("The tutorial's latent-scale experiment: z ~ N(0, 1) scaled by c")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    write_figure(fig, path, dpi=110)
 
 
 def main(argv=None) -> int:
@@ -81,9 +85,15 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a finished run directory (python -m experiments.train)")
     p.add_argument("--out", help="figure path (default: RUN_DIR/latent_scale.png)")
-    p.add_argument("--num", type=int, default=20, help="batch of z, as the tutorial (default: %(default)s)")
+    p.add_argument("--num", type=int, default=20,
+                   help=f"batch of z, as the tutorial, 2 to {MAX_NUM} (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    out = args.out if args.out is not None else os.path.join(args.run_dir, "latent_scale.png")
+    error = (check_count("--num", args.num, 2, MAX_NUM) or check_out(out, folder=False)
+             or (check_new_files([out]) if args.out is not None else None))
+    if error:
+        p.error(error)
     config, g_vars, _ = load_run(args.run_dir)
     z = jax.random.normal(jax.random.key(args.seed), (args.num, config.latent_dim))
     results = measure(config, g_vars, z)
@@ -94,8 +104,11 @@ def main(argv=None) -> int:
             _, vs_z, vs_sign = results[mode][c]
             print(f"{mode:<8} {c:>8g}  {vs_z:>16.3e}  {vs_sign:>23.3e}")
     print(answer(results))
-    out = args.out or os.path.join(args.run_dir, "latent_scale.png")
-    save_figure(out, results, config)
+    try:
+        save_figure(out, results, config)
+    except WriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"figure: {out}")
     return 0
 

@@ -8,7 +8,8 @@ Presets: reference (the tutorial exactly: G-then-D, [0, 1] data, 20 epochs of 60
 default (the same with D-then-G), quick (2 epochs of 4 steps of 16, a smoke test). Every config
 field has a flag overriding the preset; see --help. A run checkpoints every --checkpoint-every
 epochs; --resume RUN_DIR continues it from its newest intact checkpoint with its own config (only
---epochs, --data-dir, --tfds-data-dir, --loop, --checkpoint-every and --keep may be given again).
+--epochs, --data-dir, --tfds-data-dir, --loop, --kernels, --checkpoint-every and --keep may be given
+again).
 The batch is split across all devices; --distributed first joins the processes of a multi-host run.
 
 Exit status: 0 done, 1 bad data / run dir / checkpoint, 2 bad flag or config, 3 training diverged,
@@ -26,7 +27,7 @@ from experiments.common import add_cpu_memory_reuse_flag, apply_cpu_memory_reuse
 
 INTERRUPTED = 130  # a shell's status for a command stopped by Ctrl-C
 CHOICES = {"order": C.ORDERS, "dtype": C.DTYPES, "data_range": C.DATA_RANGES, "loop": C.LOOPS,
-           "samples_bn": C.SAMPLE_BN}
+           "kernels": C.KERNELS, "samples_bn": C.SAMPLE_BN}
 HELP = {
     "latent_dim": "size of z", "dtype": "compute dtype (params stay float32; float64 enables x64)",
     "order": "alternation: d_then_g, or the tutorial's g_then_d", "d_steps": "D updates per G update",
@@ -35,6 +36,8 @@ HELP = {
     "beta1": "Adam beta1", "beta2": "Adam beta2", "lr_decay_every": "StepLR step size, in epochs",
     "lr_decay": "StepLR gamma", "data_range": "real-image scaling: zero_one (tutorial) or minus_one_one",
     "seed": "PRNG seed", "loop": "epoch loop: auto (scan on accelerators, jitted steps on CPU), scan, steps",
+    "kernels": "layer forms, same values: flax (models.py's plain layers), xla / cpu (faster programs "
+               "there; dcgan_jax/kernels.py), auto (cpu on a CPU backend, else xla)",
     "samples_bn": "BN statistics for sample grids: batch (tutorial, train mode) or running (eval mode)",
     "num_samples": "images in each sample grid", "data_dir": "folder with the four MNIST IDX files (offline)",
     "tfds_data_dir": "TFDS data_dir (default: TFDS's own)",

@@ -6,6 +6,8 @@ Deterministic for a given seed on a given backend. Writes dcgan_jax/assets/mnist
 (parameters + version + training record) and prints its sha256, which must then be recorded as
 WEIGHTS_SHA256 in dcgan_jax/extractor.py (together with a WEIGHTS_VERSION bump) for the metrics
 to accept the new file.
+Exit status: 0 done, 1 runtime error (data, a failed write), 2 bad arguments, 130 interrupted
+(SIGINT), 143 terminated (SIGTERM).
 """
 import argparse
 import hashlib
@@ -21,6 +23,8 @@ from flax import serialization
 
 from dcgan_jax import extractor
 from dcgan_jax.data import DataError, load_mnist
+from dcgan_jax.outputs import WriteError, atomic_write
+from experiments.common import check_count, check_out
 
 DEFAULT_OUT = os.path.join(os.path.dirname(extractor.__file__), "assets", extractor.WEIGHTS_FILE)
 
@@ -61,6 +65,11 @@ def main(argv=None) -> int:
     p.add_argument("--max-shift", type=int, default=2, help="augmentation: max translation in pixels")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    error = (check_count("--epochs", args.epochs, 1, 1000) or check_count("--batch-size", args.batch_size, 1, 60000)
+             or check_count("--max-shift", args.max_shift, 0, 27) or check_out(args.out, folder=False)
+             or (None if 0 < args.lr < float("inf") else f"--lr {args.lr}: must be a positive number"))
+    if error:
+        p.error(error)
     try:
         train, test = load_mnist("train", args.data_dir), load_mnist("test", args.data_dir)
     except DataError as e:
@@ -96,10 +105,11 @@ def main(argv=None) -> int:
               "backend": jax.default_backend(), "jax_version": jax.__version__,
               "data_source": test.source}
     data = serialization.msgpack_serialize(serialization.to_state_dict(record))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".tmp", "wb") as f:
-        f.write(data)
-    os.replace(args.out + ".tmp", args.out)
+    try:
+        atomic_write(args.out, data)
+    except WriteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {args.out} ({len(data) / 1e6:.2f} MB), test accuracy {test_acc:.4%}")
     print(f"sha256 {hashlib.sha256(data).hexdigest()}  (record it as WEIGHTS_SHA256 in "
           f"dcgan_jax/extractor.py)")

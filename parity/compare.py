@@ -6,7 +6,7 @@ parity.convert, and get the same batches and noise. Differences are measured in 
 and named by its state_dict keys: `max_abs` = max |jax - torch|, `max_rel` = max_abs / max |torch|
 of the tensor (per tensor, then the worst tensor of a block).
 Float32 shows forward passes; gradients and trajectories are compared in float64 on both sides
-(../shared/REFERENCE.md, parity notes): there a real bug shows by orders of magnitude, while in
+(docs/tutorial.md#parity-notes): there a real bug shows by orders of magnitude, while in
 float32 either framework drifts from exact arithmetic by ~1e-2 within a few Adam steps.
 """
 import contextlib
@@ -38,7 +38,7 @@ FLOAT32_RATIO = 3.0       # JAX float32's distance to float64 <= this x PyTorch 
                           # 0-99 gave <= 2.24 (per-step max), 1.70 (mean), 0.89-1.11 (final)
 LATENTS = 10
 
-# REFERENCE.md's tables: each block's output, (C, H, W).
+# docs/tutorial.md's generator and discriminator tables: each block's output, (C, H, W).
 GENERATOR_SHAPES = {
     "layer1.0": (256, 2, 2), "layer1.1": (128, 2, 2), "layer2.0": (256, 3, 3), "layer2.1": (256, 6, 6),
     "layer3.0": (128, 7, 7), "layer3.1": (128, 14, 14), "layer3.2": (128, 14, 14),

@@ -1,4 +1,4 @@
-"""The tutorial in PyTorch, rebuilt from ../shared/REFERENCE.md: models, init, optimisers, iterations.
+"""The tutorial in PyTorch, rebuilt from docs/tutorial.md: models, init, optimisers, iterations.
 
 Class names and module nesting are the tutorial's, so `state_dict()` keys are exactly its keys
 (`layer1.0.0.weight`, ..., `conv.4.1.running_var`, `fc.bias`) and the pickled `__main__.*`

@@ -1,5 +1,11 @@
-"""RunCheckpoints: what a checkpoint holds, keep-last-N, atomicity, corruption and mismatches."""
+"""RunCheckpoints: what a checkpoint holds, keep-last-N, atomicity, corruption, mismatches and
+failed writes."""
+import gc
 import os
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -7,7 +13,9 @@ import pytest
 
 from conftest import make_idx_dir
 from dcgan_jax import create_train_state, preset
+from dcgan_jax import checkpoints
 from dcgan_jax.checkpoints import CheckpointError, RunCheckpoints, state_digest
+from dcgan_jax.outputs import WriteError
 from dcgan_jax.parallel import DataParallel
 
 
@@ -87,9 +95,91 @@ def test_silently_changed_bytes_are_caught_and_skipped(config, states, tmp_path)
     messages = []
     restored = ckpts.restore_latest(config, DataParallel().abstract, log=messages.append)
     assert restored.epoch == 2 and leaves_equal(restored.state, states[1])
-    assert "checkpoint of epoch 3 is corrupt (state arrays differ from their saved sha256)" in messages[0]
+    changed = os.path.relpath(victim, folder.parent)
+    assert f"checkpoint of epoch 3 is corrupt ({changed} differ from their sha256 at save)" in messages[0]
     assert (tmp_path / "corrupt_checkpoints" / "epoch_3").is_dir() and ckpts.epochs() == [1, 2]
     ckpts.close()
+
+
+# Orbax abandons its other reads when one fails: the coroutines left behind raise at collection.
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_a_truncated_checkpoint_is_caught_before_orbax_reads_it(config, states, tmp_path):
+    ckpts = save_all(tmp_path, states[:2])
+    folder = tmp_path / "checkpoints" / "2" / "state"
+    victim = max((os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs), key=os.path.getsize)
+    with open(victim, "r+b") as f:
+        f.truncate(os.path.getsize(victim) // 2)
+    messages = []
+    assert ckpts.restore_latest(config, DataParallel().abstract, log=messages.append).epoch == 1
+    assert "checkpoint of epoch 2 is corrupt (state/" in messages[0]
+    ckpts.close()
+    gc.collect()  # what a failed read left would raise here
+
+
+def test_the_state_digest_checks_the_arrays_as_restored(config, states, tmp_path, monkeypatch):
+    """Files intact, arrays not the ones saved (a bug in saving or restoring)."""
+    ckpts = save_all(tmp_path, states[:1])
+    monkeypatch.setattr(checkpoints, "state_digest", lambda state: "0" * 64)
+    ckpts.save(2, states[1], records(2), history(2))
+    monkeypatch.undo()
+    messages = []
+    assert ckpts.restore_latest(config, DataParallel().abstract, log=messages.append).epoch == 1
+    assert "checkpoint of epoch 2 is corrupt (state arrays differ from their saved sha256)" in messages[0]
+    ckpts.close()
+
+
+def test_a_save_the_disk_cannot_hold_is_refused_before_orbax_starts(states, tmp_path, monkeypatch):
+    ckpts = save_all(tmp_path, states[:1])
+    size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp_path / "checkpoints" / "1") for f in fs)
+    free = int(size * 1.05)
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: SimpleNamespace(free=free))
+    with pytest.raises(WriteError, match=rf"^cannot write checkpoint {tmp_path}/checkpoints/2: no space left on "
+                                         rf"device \({free / 2**20:.0f} MiB free, the last checkpoint took "
+                                         rf"{size / 2**20:.0f} MiB\)$"):
+        ckpts.save(2, states[1], records(2), history(2))
+    assert os.listdir(tmp_path / "checkpoints") == ["1"] and ckpts.epochs() == [1]
+    ckpts.close()
+
+
+def test_cause_names_the_os_error_inside_a_tensorstore_message():
+    e = ValueError('OUT_OF_RANGE: Error writing "x" in OCDBT database: Failed to write 512 bytes to file 8: '
+                   "No space left on device [os_error_code='28'] [tensorstore_spec='{...}']")
+    assert checkpoints._cause(e) == "no space left on device"
+    assert checkpoints._cause(OSError(5, "Input/output error")) == "input/output error"
+
+
+FULL_DISK = textwrap.dedent("""
+    import os, resource, signal, sys
+    import jax, numpy as np
+    from dcgan_jax import create_train_state, preset
+    from dcgan_jax.checkpoints import RunCheckpoints
+    from dcgan_jax.outputs import WriteError
+    from dcgan_jax.parallel import DataParallel
+    config = preset("quick", batch_size=4, steps_per_epoch=3, epochs=3)
+    state = create_train_state(config, jax.random.key(0))
+    history = {"loss_d": np.zeros(3, np.float32)}
+    ckpts = RunCheckpoints(sys.argv[1])
+    ckpts.save(1, state, [], history)
+    # No file may grow past 64 KiB: the writes of the next checkpoint fail in tensorstore's C++.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, resource.RLIM_INFINITY))
+    try:
+        ckpts.save(2, state.replace(step=state.step + 3), [], history)
+    except WriteError as e:
+        print("WriteError:", e)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    print("epochs:", ckpts.epochs(), "left:", sorted(os.listdir(ckpts.directory)))
+    print("restored:", ckpts.restore_latest(config, DataParallel().abstract).epoch)
+    ckpts.close()
+""")
+
+
+def test_a_failed_save_names_the_cause_and_keeps_the_last_good_checkpoint(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(checkpoints.__file__)))
+    out = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path / "run")], cwd=root, capture_output=True,
+                         text=True, timeout=300).stdout
+    assert f"WriteError: cannot write checkpoint {tmp_path}/run/checkpoints/2: file too large\n" in out, out
+    assert "epochs: [1] left: ['1']" in out and "restored: 1" in out, out
 
 
 def test_another_config_is_refused_by_name(config, states, tmp_path):

@@ -100,3 +100,63 @@ def test_tfds_unprepared_fails_fast_with_a_hint(tmp_path, monkeypatch):
     monkeypatch.setattr("socket.create_connection", offline)
     with pytest.raises(DataError, match="--data-dir"):
         load_mnist("train", tfds_data_dir=str(tmp_path))
+
+
+# --- bad files cost no more memory than their declared size -----------------------------------
+
+def peak_bytes_of(fn):
+    """(result or exception, peak bytes Python and numpy allocated while fn ran)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        try:
+            result = fn()
+        except DataError as e:
+            result = e
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+IDX_HEADER_8 = b"".join(n.to_bytes(4, "big") for n in (2051, 8, 28, 28))   # 8 images: 6288 bytes
+
+
+def test_a_gzip_bomb_is_refused_after_its_declared_size(tmp_path):
+    """A valid header of 8 images, then 64 MiB of zeros (64 KiB compressed)."""
+    path = str(tmp_path / "train-images-idx3-ubyte.gz")
+    with gzip.open(path, "wb") as f:
+        f.write(IDX_HEADER_8)
+        for _ in range(64):
+            f.write(bytes(1 << 20))
+    error, peak = peak_bytes_of(lambda: read_idx(path, 2051))
+    assert isinstance(error, DataError) and "has trailing bytes: header says 8x28x28 (6288 bytes)" in str(error)
+    assert peak < 8 << 20, peak   # the bomb decompressed whole would be 64 MiB
+
+
+def test_a_huge_sparse_file_is_refused_before_it_is_read(tmp_path):
+    path = str(tmp_path / "train-images-idx3-ubyte")
+    with open(path, "wb") as f:
+        f.write(IDX_HEADER_8)
+        f.truncate(256 << 20)   # a hole: no disk used, but reading it would cost 256 MiB
+    error, peak = peak_bytes_of(lambda: read_idx(path, 2051))
+    assert str(error) == f"{path}: has trailing bytes: header says 8x28x28 (6288 bytes), file holds {256 << 20} bytes"
+    assert peak < 1 << 20, peak
+    header = b"".join(n.to_bytes(4, "big") for n in (2051, 2_000_000, 28, 28))   # 1.57 GB, matching
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(16 + 2_000_000 * 28 * 28)
+    error, peak = peak_bytes_of(lambda: read_idx(path, 2051))
+    assert "header says 2000000x28x28 (1568000016 bytes), more than the 1073741824 bytes this reader accepts" \
+        in str(error) and peak < 1 << 20, (error, peak)
+
+
+def test_a_gzip_file_declaring_more_than_it_can_hold(tmp_path):
+    path = str(tmp_path / "train-images-idx3-ubyte.gz")
+    header = b"".join(n.to_bytes(4, "big") for n in (2051, 60000, 28, 28))   # MNIST's size, no pixels
+    with gzip.open(path, "wb") as f:
+        f.write(header + bytes(100))
+    size = os.path.getsize(path)
+    error, peak = peak_bytes_of(lambda: read_idx(path, 2051))
+    assert str(error) == (f"{path}: truncated: header says 60000x28x28 (47040016 bytes), more than a "
+                          f"{size}-byte gzip file can hold")
+    assert peak < 1 << 20, peak

@@ -92,6 +92,20 @@ def test_figures_checks_its_inputs_before_creating_the_out_folder(run_dir, tmp_p
     assert not os.path.exists(out)
 
 
+def test_a_full_disk_ends_the_scripts_with_one_line(run_dir, idx_dir, tmp_path, capsys, monkeypatch):
+    import errno
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(outputs.os, "fsync", no_space)
+    out = tmp_path / "latent.png"
+    assert latent_scale.main([run_dir, "--out", str(out)]) == 1
+    assert capsys.readouterr().err == f"error: cannot write {out}: no space left on device\n"
+    assert figures.main([run_dir, "--data-dir", idx_dir, "--out", str(tmp_path / "figs")]) == 1
+    assert capsys.readouterr().err == f"error: cannot write {tmp_path}/figs/samples.gif: no space left on device\n"
+    assert sorted(os.listdir(tmp_path)) == ["figs", "mnist"] and os.listdir(tmp_path / "figs") == []  # no temporaries
+
+
 def test_epoch_grids_parse_and_sort_the_number_past_epoch_999(tmp_path):
     os.makedirs(tmp_path / "samples")
     for name in ("epoch_1000.png", "epoch_999.png", "epoch_002.png", "epoch_002.png.tmp.png"):

@@ -90,13 +90,13 @@ def test_train_step_generator_passes_use_fresh_normal_noise_per_d_step(order, mo
     split(key, 2)[i]. G-then-D: the G step's pass (z_0, initial G), then a fresh fake for the second
     D step (z_1, G after its update). D-then-G: one pass per D step, both with the initial G (the G
     step reuses the second). Seen in G's BatchNorm running statistics, which count every pass."""
-    monkeypatch.setattr(train, "build_models", lambda config, platform=None: (_TinyG(), _TinyD()))
+    monkeypatch.setattr(train, "build_models", lambda config: (_TinyG(), _TinyD()))
     config = Config(batch_size=BATCH, order=order, d_steps=2).for_dataset(32)
     state = _tiny_state(config)
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (BATCH, 28, 28, 1), dtype=np.uint8))
     key = jax.random.key(1)
     # a jit of its own: the shared jitted_train_step's cache must not hold the stand-in networks
-    new, _ = jax.jit(train._train_step, static_argnames="platform")(state, images, key, platform="cpu")
+    new, _ = jax.jit(train._train_step)(state, images, key)
     z0, z1 = (jax.random.normal(k, (BATCH, 10)) for k in jax.random.split(key, 2))
     assert not np.array_equal(jax.tree.leaves(new.g_params)[0], jax.tree.leaves(state.g_params)[0])
     second_params = new.g_params if order == "g_then_d" else state.g_params

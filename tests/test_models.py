@@ -1,4 +1,4 @@
-"""The flax modules against the reference tables (../shared/REFERENCE.md)."""
+"""The flax modules against the reference tables (docs/tutorial.md)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,11 +136,14 @@ def test_batchnorm_follows_pytorch_semantics(variables):
     assert not np.allclose(train_one, both)
 
 
+@pytest.mark.parametrize("kernels", ["flax", "xla", "cpu"])
 @pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
-def test_batchnorm_gradient_is_the_textbook_one(dtype):
-    """BatchNorm's hand-written VJP equals autodiff through the textbook formula: in float64 to
-    rounding; in bfloat16 compute (float32 statistics and params) to bfloat16 precision."""
-    from dcgan_jax.models import BatchNorm
+def test_batchnorm_gradient_is_the_textbook_one(dtype, kernels):
+    """models.BatchNorm's autodiff and kernels.BatchNorm's closed-form VJP equal autodiff through
+    the textbook formula: in float64 to rounding; in bfloat16 compute (float32 statistics and
+    params) to bfloat16 precision."""
+    from dcgan_jax.kernels import select
+    BatchNorm = select(kernels).batch_norm
     jax.config.update("jax_enable_x64", True)
     try:
         param_dtype = jnp.float64 if dtype == "float64" else jnp.float32

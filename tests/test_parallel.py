@@ -3,7 +3,7 @@
 The device count is fixed when JAX starts, so the check runs in a subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=8. It runs in float64: 8 devices reduce
 BatchNorm statistics and gradients in another order than 1, and float32 rounding differences
-grow through Adam (see shared REFERENCE.md, parity notes); in float64 a real bug (per-device
+grow through Adam (see docs/tutorial.md#parity-notes); in float64 a real bug (per-device
 BatchNorm statistics, a dropped shard) is still off by orders of magnitude more than 1e-5.
 """
 import json
@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent("""
     run_dir = sys.argv[1]
     quiet = lambda _: None
 
-    # 1 device: the core's epoch runner on the default device.
+    # 1 device: the epoch runner on the default device (a mesh of one).
     init_key, _, train_key = run_keys(config.seed)
     one, one_metrics = train_epoch(create_train_state(config.for_dataset(16), init_key),
                                    jax.device_put(data.images), epoch_key(train_key, 1), loop="steps")
@@ -45,8 +45,9 @@ SCRIPT = textwrap.dedent("""
     diffs = jax.tree.map(max_rel, one, eight)
     leaves = jax.tree.leaves(eight)
     record = json.loads(open(os.path.join(run_dir, "metrics.jsonl")).readline())
-    batch_hlo = dp._step.lower(eight, dp.replicate(data.images), np.zeros((2, 8), np.int32),
-                               np.zeros((2, 2), np.uint32), np.int32(0)).as_text()
+    from dcgan_jax.train import epoch_programs
+    batch_hlo = epoch_programs(dp.mesh)[1].lower(eight, dp.replicate(data.images), np.zeros((2, 8), np.int32),
+                                                 np.zeros((2, 2), np.uint32), np.int32(0)).as_text()
     try:
         dp.check_batch_size(12)
         batch_error = None

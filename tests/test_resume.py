@@ -169,9 +169,10 @@ def test_the_start_up_does_not_wait_for_its_compilations_once_interrupted(data_d
     def compile_slowly(*args, **kwargs):
         release.wait(60)
         compiled.set()
+    from dcgan_jax import startup
     dp = DataParallel()
-    monkeypatch.setattr(dp, "compile_epoch", compile_slowly)
-    monkeypatch.setattr(run, "compile_generate", compile_slowly)
+    monkeypatch.setattr(startup, "compile_epoch", compile_slowly)
+    monkeypatch.setattr(startup, "lowered_and_compiled", compile_slowly)
     monkeypatch.setattr(run, "learning_rate", interrupted)
     config = preset("quick", data_dir=data_dir, **RUN)
     try:
@@ -213,7 +214,7 @@ def test_scanned_run_checkpoints_each_epochs_own_state(data_dir, tmp_path, monke
     from dcgan_jax.outputs import load_variables
     from dcgan_jax.train import create_train_state, epoch_key, run_keys, train_epoch
     calls, compiles = [], []
-    for owner, name in ((run, "generate"), (DataParallel, "train_epoch")):
+    for owner, name in ((run, "generate"), (run, "train_epoch")):
         original = getattr(owner, name)
         monkeypatch.setattr(owner, name, lambda *a, _f=original, _n=name, **k: calls.append(_n) or _f(*a, **k))
     config = preset("quick", data_dir=data_dir, loop="scan", **RUN)

@@ -1,5 +1,4 @@
 """Training functions: purity, keys, epoch loop strategies, order/k options, schedule, dtypes."""
-import collections
 import dataclasses
 import re
 
@@ -11,7 +10,7 @@ import pytest
 
 from dcgan_jax import Config, create_train_state, learning_rate, train_epoch, train_step
 from dcgan_jax.config import PRESETS
-from dcgan_jax.train import build_optimizers, jitted_train_step, lr_schedule, platform_of, scale_images
+from dcgan_jax.train import build_optimizers, jitted_train_step, lr_schedule, scale_images
 
 BATCH = 8
 
@@ -51,13 +50,9 @@ def test_train_step_is_pure_key_driven_and_counts_d_steps(state, images):
     assert counts(s1.g_opt) == {1} and counts(s1.d_opt) == {2}
 
 
-def test_scanned_epoch_equals_loop_of_steps(images, monkeypatch):
+def test_scanned_epoch_equals_loop_of_steps(images):
     """Same batches and keys either way. Different programs round differently in float32, so
-    compare in float64 (../shared/REFERENCE.md, parity notes)."""
-    from dcgan_jax import train
-    platforms, step = [], train.jitted_train_step
-    monkeypatch.setattr(train, "jitted_train_step",
-                        lambda *a, platform: platforms.append(platform) or step(*a, platform=platform))
+    compare in float64 (docs/tutorial.md#parity-notes)."""
     with jax.enable_x64(True):
         config = Config(batch_size=4, steps_per_epoch=2, dtype="float64").for_dataset(32)
         state = create_train_state(config, jax.random.key(0))
@@ -69,7 +64,6 @@ def test_scanned_epoch_equals_loop_of_steps(images, monkeypatch):
         for i in range(2):
             manual, _ = train_step(manual, images[idx[i]], keys[i])
         assert leaves_equal(looped, manual)            # the loop is exactly these train_step calls
-        assert platforms == [jax.devices()[0].platform] * 4  # each traced for where it runs
         scanned, m_scan = train_epoch(state, images, key, loop="scan")
         for a, b in zip(jax.tree.leaves((looped, m_loop)), jax.tree.leaves((scanned, m_scan))):
             # a wrong batch or key moves values by ~1e-2; float64 rounding, up to ~2e-12 near 0
@@ -110,7 +104,7 @@ def test_each_optimizer_halves_its_lr_every_five_epochs_of_its_own_updates():
 
 
 def test_config_defaults_are_the_tutorials_facts():
-    """../shared/REFERENCE.md; the default order is D-then-G, the reference preset the tutorial's."""
+    """docs/tutorial.md#training-loop; the default order is D-then-G, the reference preset the tutorial's."""
     c = Config()
     assert (c.latent_dim, c.batch_size, c.epochs, c.d_steps) == (10, 100, 20, 1)
     assert (c.lr, c.beta1, c.beta2) == (2e-4, 0.5, 0.999)                 # Adam(lr=2e-4, betas=(0.5, 0.999))
@@ -141,79 +135,59 @@ def ynnpack_convolutions(hlo: str) -> int:
     return sum(bodies.get(name, "").count(" convolution(") for name in ynn)
 
 
+@pytest.mark.perf
+@pytest.mark.slow
 def test_cpu_step_keeps_convolutions_out_of_ynnpack(state, images):
-    """The step compiles with STEP_COMPILER_OPTIONS: on jaxlib >= 0.9 XLA:CPU would otherwise hand
-    its convolutions to YNNPACK, whose weight gradients made the CPU step 1.8x slower (NOTES.md)."""
-    from dcgan_jax.train import STEP_COMPILER_OPTIONS, _jaxlib_version
+    """The step compiles with kernels.STEP_JIT_KWARGS: on jaxlib >= 0.9 XLA:CPU would otherwise hand
+    its convolutions to YNNPACK, whose weight gradients are slow (docs/performance.md)."""
+    from dcgan_jax.kernels import STEP_JIT_KWARGS, _jaxlib_version
     if jax.default_backend() != "cpu" or _jaxlib_version() < (0, 9):
         pytest.skip("the option exists for XLA:CPU from jaxlib 0.9")
-    hlo = jitted_train_step.lower(state, images[:BATCH], jax.random.key(1), platform="cpu").compile().as_text()
-    assert STEP_COMPILER_OPTIONS and " convolution(" in hlo
+    hlo = jitted_train_step.lower(state, images[:BATCH], jax.random.key(1)).compile().as_text()
+    assert STEP_JIT_KWARGS and " convolution(" in hlo
     assert ynnpack_convolutions(hlo) == 0
 
 
-def test_platform_of_says_where_a_call_runs_only_when_its_arrays_do():
-    x, here = jnp.ones(2), jax.devices()[0].platform
-    assert platform_of(x, x) == here
-    assert platform_of(jax.ShapeDtypeStruct((2,), jnp.float32, sharding=x.sharding), x) == here
-    assert platform_of(x, np.ones(2)) == here                     # a host array goes where x is
-    assert platform_of(np.ones(2)) is None and platform_of(jax.ShapeDtypeStruct((2,), jnp.float32)) is None
-    seen = []
-    jax.jit(lambda x: seen.append(platform_of(x)) or x)(x)
-    assert seen == [None]
-
-
-def test_a_step_traced_for_its_platform_is_the_platform_independent_program(state, images):
-    """train_epoch traces the step for the platform it runs on, so that none of lax.platform_dependent's
-    choices (XLA:CPU's forms or the others') is traced twice: the program must be the one the
-    platform-independent trace lowers to, for the CPU and for a GPU (lowered without one)."""
-    batch, key = images[:BATCH], jax.random.key(1)
-    wrapper_ops = {"case", "return", "constant", "broadcast_in_dim"}  # platform_dependent's own
-
-    def ops(platform, lowering):
-        traced = jitted_train_step.trace(state, batch, key, platform=platform)
-        assert ("platform_index" in str(traced.jaxpr)) == (platform is None)
-        text = traced.lower(lowering_platforms=(lowering,)).as_text()
-        return collections.Counter(op for op in re.findall(r"stablehlo\.(\w+)", text) if op not in wrapper_ops)
-    cpu, gpu = ops("cpu", "cpu"), ops("gpu", "cuda")
-    assert cpu == ops(None, "cpu") and gpu == ops(None, "cuda")
-    assert cpu != gpu and cpu["dot_general"] > gpu["dot_general"]  # each got its own forms
-
-
 def test_configs_that_differ_in_training_settings_share_one_init_program(state):
-    """The init's ~80 threefry calls take ~10 s to compile on XLA:CPU: a config that changes only
+    """The init's many threefry calls are slow to compile on XLA:CPU: a config that changes only
     how training runs must reuse the compiled init and get the same networks."""
-    from dcgan_jax.train import _cpu_init_program
-    compiled = _cpu_init_program.cache_info().currsize
-    other = create_train_state(tiny(order="d_then_g", lr=1e-3, epochs=3, seed=5), jax.random.key(0))
-    assert _cpu_init_program.cache_info().currsize == compiled
+    from dcgan_jax.train import _init_program
+    compiled = _init_program._cache_size()
+    other = create_train_state(tiny(order="d_then_g", lr=1e-3, epochs=3, seed=5, kernels="flax"), jax.random.key(0))
+    assert _init_program._cache_size() == compiled
     assert leaves_equal((other.g_params, other.d_params, other.g_stats), (state.g_params, state.d_params, state.g_stats))
     assert other.config.lr == 1e-3 and state.config.lr != 1e-3
 
 
-def test_the_cpus_faster_compiled_init_gives_the_default_compilations_bits():
-    """On the CPU the init is compiled at LLVM -O2 to save 4-5 s of every cold start, on the
-    claim that it computes the same bits as XLA's default -O3 (it has no float reductions to
-    reorder); checked against the default compilation (the reference preset's float32 init)."""
-    from dcgan_jax.train import _init_variables
+@pytest.mark.slow
+def test_the_faster_compiled_init_gives_the_default_compilations_bits():
+    """The init is compiled at LLVM -O2 to shorten every cold start, on the claim that it computes
+    the same bits as XLA's default -O3 (it has no float reductions to reorder); checked against the
+    default compilation (the reference preset's float32 init)."""
+    from dcgan_jax.train import _init_variables_fn
     key = jax.random.key(0)
     ours = create_train_state(tiny(), key)
-    g_vars, d_vars = _init_variables(ours.config.latent_dim, ours.config.dtype, key)
+    g_vars, d_vars = jax.jit(_init_variables_fn, static_argnums=(0, 1))(ours.config.latent_dim, ours.config.dtype, key)
     assert leaves_equal((g_vars, d_vars), (ours.generator_variables, ours.discriminator_variables))
 
 
+@pytest.mark.slow
 def test_gpu_epoch_program_lowers_without_a_gpu(state, images):
     """CI has no GPU: the scanned epoch (the GPU's loop, the step inside) must still lower for one."""
-    from dcgan_jax.train import _scan_epoch
-    text = _scan_epoch.trace(state, images, jax.random.key(1)).lower(lowering_platforms=("cuda",)).as_text()
+    from dcgan_jax.train import epoch_programs, mesh_of
+    _, _, scan = epoch_programs(mesh_of(images))
+    key_data = np.asarray(jax.random.key_data(jax.random.key(1)))
+    text = scan.trace(state, images, key_data).lower(lowering_platforms=("cuda",)).as_text()
     assert "stablehlo.while" in text and "stablehlo.convolution" in text
 
 
+@pytest.mark.perf
+@pytest.mark.slow
 def test_fit_compiles_what_its_epochs_run_while_initialising_and_nothing_after(tmp_path, caplog):
     """fit compiles the first epoch's programs and the sampling program in other threads while the
-    networks initialise. The epochs must then run those programs, not compile their own (as they
-    would if the abstract state's shardings differed from the real state's), and nothing may
-    compile once the first epoch started: on a cold start the device would idle meanwhile."""
+    networks initialise (startup.py). The epochs must then run those programs, not compile their
+    own (as they would if the abstract state's shardings differed from the real state's), and
+    nothing may compile once the first epoch started: on a cold start the device would idle."""
     from dcgan_jax.data import Dataset
     from dcgan_jax.run import fit
     images = np.random.default_rng(0).integers(0, 256, (12, 28, 28, 1), dtype=np.uint8)
@@ -229,8 +203,8 @@ def test_fit_compiles_what_its_epochs_run_while_initialising_and_nothing_after(t
     compiles = [(i, r.threadName, m[1]) for i, r in enumerate(caplog.records)
                 if (m := re.match(r"Finished XLA compilation of jit\((\w+)\)", r.getMessage()))]
     assert started and compiles and not [c for c in compiles if c[0] > started[0]], compiles
-    for program in ("_train_step", "generator_output", "_step_inputs", "_stack"):
+    for program in ("step", "plan", "generator_output", "stack_metrics"):
         threads = [thread for _, thread, name in compiles if name == program]
-        # _stack's program (4 metrics of 2 steps) may be compiled already by an earlier test
-        assert (len(threads) == 1 or program == "_stack" and not threads), (program, compiles)
+        # stack_metrics' program (4 metrics of 2 steps) may be compiled already by an earlier test
+        assert (len(threads) == 1 or program == "stack_metrics" and not threads), (program, compiles)
         assert all(thread.startswith("compile") for thread in threads), (program, compiles)

@@ -10,7 +10,7 @@ from parity.tests.conftest import assert_rows_pass
 
 
 def test_layer_shapes_and_forward_float32(seed):
-    """Every block's output shape (REFERENCE.md) and values in train and eval mode; running
+    """Every block's output shape (docs/tutorial.md) and values in train and eval mode; running
     statistics after one train-mode forward."""
     rows = compare.forward_rows(seed, batch=8)
     assert {r.group for r in rows} == {"shapes (C,H,W)", "forward f32 train", "forward f32 eval",
