@@ -71,8 +71,11 @@ print(f"QUICK={QUICK} DATA_DIR={DATA_DIR} EPOCHS={EPOCHS} ORDER={ORDER} OUT_DIR=
 # device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # ```
 # JAX needs no `device`: arrays go to the first device JAX finds (a GPU if one is installed),
-# and every jitted function runs there. The one line marked *layer forms* chooses how the
-# networks' layers are computed (the same mathematics, in the form this backend runs fastest).
+# and every jitted function runs there. The line marked *layer forms* chooses how the networks'
+# layers are computed. The networks are written with flax's layers (`nn.Conv`, `nn.ConvTranspose`,
+# section 3); `dcgan_jax.kernels` has drop-in replacements that compute the same values in forms
+# XLA compiles to faster programs (flax's own layers train many times slower on XLA:CPU), and
+# `kernels.select("auto")` picks the set for the backend JAX found.
 
 # %%
 import functools
@@ -85,11 +88,10 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from dcgan_jax import data, losses, models, outputs
+from dcgan_jax import data, kernels, losses, models, outputs
 from dcgan_jax.config import Config
-from dcgan_jax.train import STEP_JIT_KWARGS
 
-PLATFORM = jax.default_backend()   # layer forms: the convolution forms this backend runs fastest
+KERNELS = kernels.select("auto")   # layer forms: "flax" for flax's own layers
 
 print("JAX", jax.__version__, "devices:", jax.devices())
 
@@ -140,9 +142,12 @@ show(real_grid, "real digits")
 # ```
 # In flax one module covers all three (`transpose=True` for TCBR). A flax module declares only
 # its output channels: input channels are read off the input when the weights are created.
-# `BatchNorm` is PyTorch's (it stores the unbiased batch variance, as `BatchNorm2d` does).
+# The three layer types come from `kernels` (a `models.Kernels`: flax's `nn.Conv`,
+# `nn.ConvTranspose` and `models.BatchNorm` unless another set is passed in); `models.BatchNorm`
+# is PyTorch's (it stores the unbiased batch variance, as `BatchNorm2d` does).
 
 # %%
+print(inspect.getsource(models.Kernels))
 print(inspect.getsource(models.ConvBNReLU))
 
 # %% [markdown]
@@ -182,8 +187,8 @@ print(inspect.getsource(models.Discriminator))
 
 # %%
 LATENT = 10
-G = models.Generator(LATENT, platform=PLATFORM)
-D = models.Discriminator(platform=PLATFORM)
+G = models.Generator(LATENT, kernels=KERNELS)
+D = models.Discriminator(kernels=KERNELS)
 
 # The tutorial's output shapes (C x H x W), block by block.
 TUTORIAL_SHAPES = {
@@ -238,7 +243,7 @@ init_key, sample_key, train_key = jax.random.split(jax.random.key(0), 3)
 
 # Both inits as one compiled program (run op by op, each of its random draws would compile on
 # its own); on CPU, LLVM's -O2 compiles it much sooner than the default -O3, into the same numbers.
-@functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 2} if PLATFORM == "cpu" else None)
+@functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 2} if jax.default_backend() == "cpu" else None)
 def init_networks(key):
     g_key, d_key = jax.random.split(key)
     return (G.init(g_key, jnp.zeros((1, LATENT)), train=False),
@@ -284,7 +289,7 @@ def bn_forward(net, variables, x, params=None):
     return out, moved["batch_stats"]
 
 
-@functools.partial(jax.jit, **STEP_JIT_KWARGS)
+@functools.partial(jax.jit, **kernels.STEP_JIT_KWARGS)
 def g_step(g_vars, g_opt, d_vars, z):
     """loss_G = CE(D(G(z)), real); returns the fake batch too, for the D step."""
     def loss_fn(g_params):
@@ -297,7 +302,7 @@ def g_step(g_vars, g_opt, d_vars, z):
     return g_vars, g_opt, {**d_vars, "batch_stats": d_stats}, fake, loss
 
 
-@functools.partial(jax.jit, **STEP_JIT_KWARGS)
+@functools.partial(jax.jit, **kernels.STEP_JIT_KWARGS)
 def d_step(d_vars, d_opt, real_uint8, fake):
     """loss_D = (CE(D(real), real) + CE(D(fake), fake)) / 2, real and fake in separate passes."""
     real = real_uint8.astype(jnp.float32) / 255          # ToTensor(): [0, 1]
@@ -320,7 +325,8 @@ def generate(g_vars, z, train=True):
 
 
 # %%
-outputs.prepare_run_dir(OUT_DIR, overwrite=True)   # replaces only a folder this notebook made
+if not outputs.is_marked(OUT_DIR):   # a folder dcgan_jax made is reused: its files are rewritten
+    outputs.prepare_run_dir(OUT_DIR)  # otherwise created, and refused if it holds anything
 outputs.write_config(OUT_DIR, Config(latent_dim=LATENT, batch_size=BATCH, epochs=EPOCHS, order=ORDER))
 fixed_z = jax.random.normal(sample_key, (16, LATENT))   # the same 16 latents every epoch
 history = {"loss_g": [], "loss_d": []}
