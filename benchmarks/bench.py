@@ -10,6 +10,11 @@ epoch (compilation included), images/s, speed-up over the tutorial loop, achieve
 Exit status: 0 every variant ran, 1 a variant failed (its row says why) or --json cannot be
 written, 2 bad arguments, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
+from experiments import interrupts  # first: a signal during the imports below ends the script too
+
+if __name__ == "__main__":
+    interrupts.install()
+
 import argparse
 import datetime
 import json
@@ -184,4 +189,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupts.exit_with(main)

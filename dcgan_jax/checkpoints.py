@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from .config import Config
+from .config import Config, ConfigError
 from .outputs import WriteError, atomic_write, os_cause
 from .train import TrainState, create_train_state
 
@@ -45,6 +45,10 @@ MANIFEST = "files.sha256"
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be used for this run; the message names the mismatch."""
+
+
+class ResumeConflict(CheckpointError, ConfigError):
+    """A resumed run asked for other settings than it was made with (a config error: exit 2)."""
 
 
 class CorruptCheckpoint(CheckpointError):
@@ -175,7 +179,7 @@ class RunCheckpoints:
             raise CorruptCheckpoint(f"meta unreadable: {_short(e)}") from None
         conflicts = config_conflicts(saved, config)
         if conflicts:
-            raise CheckpointError(f"{where}: {'; '.join(conflicts)} (a resumed run keeps its config)")
+            raise ResumeConflict(f"{where}: {'; '.join(conflicts)} (a resumed run keeps its config)")
         abstract = place(jax.eval_shape(lambda: create_train_state(config, jax.random.key(0))))
         self._check_shapes(epoch, abstract, where)
         try:

@@ -1,5 +1,6 @@
 """Run configuration: one frozen dataclass, named presets, validation with readable errors."""
 import dataclasses
+import math
 from typing import Optional
 
 ORDERS = ("d_then_g", "g_then_d")
@@ -66,6 +67,8 @@ class Config:
         for f in ("steps_per_epoch", "max_train_examples"):
             v = getattr(self, f)
             need(v is None or (isinstance(v, int) and v > 0), f, "must be a positive integer")
+        for f in ("lr", "beta1", "beta2", "lr_decay"):
+            need(math.isfinite(getattr(self, f)), f, "must be a finite number")
         need(self.lr > 0, "lr", "must be > 0")
         need(0 <= self.beta1 < 1, "beta1", "must lie in [0, 1)")
         need(0 <= self.beta2 < 1, "beta2", "must lie in [0, 1)")

@@ -5,6 +5,7 @@ restores the newest intact checkpoint and replays from the epoch after it: every
 and noise come from (seed, epoch) alone, so a run killed at any point and resumed ends with the
 same state, bit for bit on CPU, as one never interrupted.
 """
+import contextlib
 import hashlib
 import os
 import time
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import outputs, startup
-from .checkpoints import RESTART_HINT, CheckpointError, RunCheckpoints, config_conflicts
+from .checkpoints import RESTART_HINT, CheckpointError, ResumeConflict, RunCheckpoints, config_conflicts
 from .config import Config, ConfigError
 from .data import Dataset, load_mnist
 from .parallel import DataParallel
@@ -93,21 +94,21 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
     config = config.for_dataset(len(data.images))
     dp = parallel or DataParallel()
     dp.check_batch_size(config.batch_size)
-    for name in ("data_dir", "tfds_data_dir") if overwrite else ():
-        path, folder = getattr(config, name), os.path.abspath(run_dir)
-        if path and "://" not in path and os.path.commonpath([folder, path]) == folder:
-            raise outputs.RunDirError(f"{name} {path!r} is inside {run_dir!r}, which --overwrite deletes")
     primary = jax.process_index() == 0
     log = log if primary else (lambda _: None)
     if not resume and primary:
-        outputs.prepare_run_dir(run_dir, overwrite)
+        protected = (config.data_dir, config.tfds_data_dir, jax.config.jax_compilation_cache_dir)
+        moved = outputs.prepare_run_dir(run_dir, overwrite, protected=[p for p in protected if p and "://" not in p])
+        if moved:
+            log(f"moved the previous run in {run_dir} aside to {moved}")
     _sync("run dir ready")
 
-    checkpoints = RunCheckpoints(run_dir, keep)
-    try:
-        return _fit(config, run_dir, data, dp, checkpoints, resume, checkpoint_every, keep, progress, log)
-    finally:  # orbax's threads, left open, print tracebacks at exit
-        checkpoints.close()
+    with outputs.run_dir_lock(run_dir) if primary else contextlib.nullcontext():
+        checkpoints = RunCheckpoints(run_dir, keep)
+        try:
+            return _fit(config, run_dir, data, dp, checkpoints, resume, checkpoint_every, keep, progress, log)
+        finally:  # orbax's threads, left open, print tracebacks at exit
+            checkpoints.close()
 
 
 def _fit(config: Config, run_dir: str, data: Dataset, dp: DataParallel, checkpoints: RunCheckpoints, resume: bool,
@@ -122,16 +123,24 @@ def _fit(config: Config, run_dir: str, data: Dataset, dp: DataParallel, checkpoi
         raise CheckpointError(f"{checkpoints.directory}/{restored.epoch}: made with other training images than "
                               f"{data.source} (sha256 of the image arrays differs); its epochs would not replay")
     if restored and restored.epoch > config.epochs:
-        raise ConfigError(f"epochs={config.epochs}: {run_dir} has trained and checkpointed {restored.epoch} "
+        raise ResumeConflict(f"epochs={config.epochs}: {run_dir} has trained and checkpointed {restored.epoch} "
                           f"epochs; --epochs can only extend a resumed run")
+    if resume and restored is None and os.path.isdir(os.path.join(run_dir, "corrupt_checkpoints")):
+        raise CheckpointError(f"{checkpoints.directory}: no intact checkpoint left (the corrupt ones are in "
+                              f"corrupt_checkpoints/); {RESTART_HINT}")
+    final_weights = os.path.join(run_dir, FINAL_FILES[1])
+    if resume and os.path.exists(final_weights):
+        finished_epochs = _run_info(run_dir).get("epochs")
+        if restored is None or restored.epoch < finished_epochs:
+            newest = f"epoch {restored.epoch}" if restored else "none"
+            raise CheckpointError(f"{run_dir} finished {finished_epochs} epochs ({final_weights} exists) but its "
+                                  f"newest intact checkpoint is {newest}: resuming would train it again; "
+                                  f"--out starts a new run")
     if resume and restored is None:  # killed before its first checkpoint: start it again
-        if os.path.isdir(os.path.join(run_dir, "corrupt_checkpoints")):
-            raise CheckpointError(f"{checkpoints.directory}: no intact checkpoint left (the corrupt ones are in "
-                                  f"corrupt_checkpoints/); {RESTART_HINT}")
         conflicts = config_conflicts(outputs.read_config(run_dir), config)
         if conflicts:
-            raise CheckpointError(f"{os.path.join(run_dir, 'config.json')}: {'; '.join(conflicts)} "
-                                  f"(a resumed run keeps its config)")
+            raise ResumeConflict(f"{os.path.join(run_dir, 'config.json')}: {'; '.join(conflicts)} "
+                                 f"(a resumed run keeps its config)")
     loop = resolve_loop(config.loop)
     # A scanned epoch is one asynchronous dispatch: the next one starts before this one's
     # checkpoint, samples and logs are written, so the device trains meanwhile (docs/performance.md).
@@ -153,8 +162,6 @@ def _fit(config: Config, run_dir: str, data: Dataset, dp: DataParallel, checkpoi
                              processes=jax.process_count(), loop_resolved=loop,
                              kernels_resolved=resolve_kernels(config.kernels), jax_version=jax.__version__,
                              checkpoint_every=checkpoint_every, keep=keep)
-        # drop lines of epochs that ran after the restored checkpoint: they run again
-        outputs.write_metrics(run_dir, records)
     if not finished:
         log("compiling the training programs (the first epoch's time includes what is left of it; the "
             "compile cache makes the next start faster)")
@@ -213,6 +220,7 @@ def _fit(config: Config, run_dir: str, data: Dataset, dp: DataParallel, checkpoi
         if primary:
             samples = dp.to_host(samples)
             outputs.save_grid(os.path.join(run_dir, "samples", f"epoch_{epoch:03d}.png"), samples)
+        if primary and save:  # the metrics files describe checkpointed epochs only
             outputs.write_metrics(run_dir, records)
             outputs.write_step_metrics(run_dir, steps_so_far)
         _above(bar, log, summary_line(records[-1], config.epochs))

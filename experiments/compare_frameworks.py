@@ -18,6 +18,11 @@ frameworks, so that neither pays for page faults the other does not (docs/perfor
 Exit status: 0 done, 1 runtime error (data, a non-empty --out, a failed write), 2 bad arguments
 or config, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
+from experiments import interrupts  # first: a signal during the imports below ends the script too
+
+if __name__ == "__main__":
+    interrupts.install()
+
 import argparse
 import json
 import os
@@ -242,4 +247,4 @@ def compare(args, base, data, torch_device: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupts.exit_with(main)

@@ -12,6 +12,11 @@ is given.
 Exit status: 0 done, 1 runtime error (not a finished run directory, data, a failed write), 2 bad
 arguments, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
+from experiments import interrupts  # first: a signal during the imports below ends the script too
+
+if __name__ == "__main__":
+    interrupts.install()
+
 import argparse
 import json
 import os
@@ -120,4 +125,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupts.exit_with(main)

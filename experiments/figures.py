@@ -13,6 +13,11 @@ Files of those names in an --out DIR are not overwritten (RUN_DIR/figures is thi
 Exit status: 0 done, 1 runtime error (not a finished run directory, data, a failed write), 2 bad
 arguments, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
+from experiments import interrupts  # first: a signal during the imports below ends the script too
+
+if __name__ == "__main__":
+    interrupts.install()
+
 import argparse
 import os
 import re
@@ -191,4 +196,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupts.exit_with(main)

@@ -18,6 +18,11 @@ An --out that exists is not overwritten (the default figure in RUN_DIR is this s
 Exit status: 0 done, 1 runtime error (not a finished run directory, a failed write), 2 bad
 arguments, 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
+from experiments import interrupts  # first: a signal during the imports below ends the script too
+
+if __name__ == "__main__":
+    interrupts.install()
+
 import argparse
 import os
 import sys
@@ -114,4 +119,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupts.exit_with(main)

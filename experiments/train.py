@@ -12,9 +12,15 @@ epochs; --resume RUN_DIR continues it from its newest intact checkpoint with its
 again).
 The batch is split across all devices; --distributed first joins the processes of a multi-host run.
 
-Exit status: 0 done, 1 bad data / run dir / checkpoint, 2 bad flag or config, 3 training diverged,
-130 interrupted (Ctrl-C: what was checkpointed stays, --resume continues from it).
+Exit status: 0 done, 1 runtime error (data, run dir, checkpoint, a failed write), 2 bad flag or config
+(a resume conflict included), 3 training diverged, 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM:
+what was checkpointed stays, --resume continues from it.
 """
+from experiments import interrupts  # first: a signal during the imports below ends the script too
+
+if __name__ == "__main__":
+    interrupts.install()
+
 import argparse
 import dataclasses
 import os
@@ -25,7 +31,6 @@ import typing
 from dcgan_jax import config as C
 from experiments.common import add_cpu_memory_reuse_flag, apply_cpu_memory_reuse, check_cpu_memory_reuse
 
-INTERRUPTED = 130  # a shell's status for a command stopped by Ctrl-C
 CHOICES = {"order": C.ORDERS, "dtype": C.DTYPES, "data_range": C.DATA_RANGES, "loop": C.LOOPS,
            "kernels": C.KERNELS, "samples_bn": C.SAMPLE_BN}
 HELP = {
@@ -65,7 +70,9 @@ def parser() -> argparse.ArgumentParser:
     where.add_argument("--out", help="run directory to create (default: runs/PRESET-TIMESTAMP)")
     where.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its newest checkpoint")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace a non-empty run directory (one with a config.json)")
+                   help="move a previous run of ours in --out aside to OUT.old-N first (nothing is deleted); "
+                        "refused for a folder this project did not make, the current folder or one above it, "
+                        "one holding the data or the compile cache, and a run in use")
     p.add_argument("--checkpoint-every", type=int, metavar="EPOCHS",
                    help="checkpoint every EPOCHS epochs, and always at the last (default: 1, or the resumed run's)")
     p.add_argument("--keep", type=int, metavar="N", help="keep the last N checkpoints (default: 3, or the resumed run's)")
@@ -135,7 +142,7 @@ def main(argv=None) -> int:
     except TrainingDiverged as e:
         return _fail(e, 3)
     except KeyboardInterrupt:
-        return _fail(_interrupted(out), INTERRUPTED)
+        return _fail(_interrupted(out), interrupts.status())
     print(f"done in {time.perf_counter() - start:.1f}s: {out}")
     return 0
 
@@ -157,12 +164,4 @@ def _fail(message, status: int) -> int:
 
 
 if __name__ == "__main__":
-    status = main()
-    if status == INTERRUPTED:
-        # Exiting normally would first wait for the start-up's compilations, which XLA cannot
-        # stop (seconds). Nothing else is left to finish: checkpoints are saved synchronously
-        # and every other file is written whole or not at all.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    sys.exit(status)
+    interrupts.exit_with(main, "interrupted before the run started")

@@ -9,6 +9,11 @@ to accept the new file.
 Exit status: 0 done, 1 runtime error (data, a failed write), 2 bad arguments, 130 interrupted
 (SIGINT), 143 terminated (SIGTERM).
 """
+from experiments import interrupts  # first: a signal during the imports below ends the script too
+
+if __name__ == "__main__":
+    interrupts.install()
+
 import argparse
 import hashlib
 import os
@@ -117,4 +122,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupts.exit_with(main)

@@ -18,8 +18,9 @@ TINY = ["--preset", "quick", "--batch-size", "4", "--steps-per-epoch", "3", "--e
 
 
 def snapshot(path):
+    """Every file's bytes, but the lock file's (it holds the last holder's pid)."""
     return {os.path.relpath(os.path.join(d, f), path): open(os.path.join(d, f), "rb").read()
-            for d, _, files in os.walk(path) for f in files}
+            for d, _, files in os.walk(path) for f in files if f != ".dcgan_jax_lock"}
 
 
 def run_cli(argv, capsys):
@@ -166,6 +167,7 @@ def copy_of(run, tmp_path):
     return shutil.copytree(run, tmp_path / "run")
 
 
+@pytest.mark.slow  # trains finished_run
 def test_run_dir_exists_and_is_not_empty(finished_run, tmp_path, capsys):
     data, run = finished_run
     before = snapshot(run)
@@ -188,6 +190,7 @@ def test_overwrite_replaces_run_directories_only(data, tmp_path, capsys):
     assert snapshot(mine) == {"thesis.tex": b"years of work", "config.json": b'{"model_type": "x"}'}
 
 
+@pytest.mark.slow  # trains finished_run
 def test_overwrite_refuses_a_run_dir_holding_the_data(finished_run, tmp_path, capsys):
     data, run = finished_run
     run = copy_of(run, tmp_path)
@@ -204,6 +207,7 @@ def test_overwrite_refuses_a_run_dir_holding_the_data(finished_run, tmp_path, ca
     (lambda c: dict(c, epochs=True), "epochs=True: must be an integer"),
     (lambda c: [c], "a JSON list, not an object of config fields"),
 ])
+@pytest.mark.slow  # trains finished_run
 def test_hand_edited_config_json_of_wrong_types(finished_run, tmp_path, capsys, edit, match):
     _, run = finished_run
     run = copy_of(run, tmp_path)
@@ -215,6 +219,7 @@ def test_hand_edited_config_json_of_wrong_types(finished_run, tmp_path, capsys, 
     assert snapshot(run) == before
 
 
+@pytest.mark.slow  # trains finished_run
 def test_resume_cannot_shorten_a_run(finished_run, capsys):
     _, run = finished_run
     before = snapshot(run)
@@ -241,15 +246,17 @@ def test_output_dir_not_writable(data, tmp_path, capsys):
         parent.chmod(0o755)
 
 
+@pytest.mark.slow  # trains finished_run
 def test_latent_size_mismatch_with_checkpoint(finished_run, capsys):
     data, run = finished_run
     before = snapshot(run)
     code, line = run_cli(["--resume", run, "--epochs", "4", "--latent-dim", "20", "--no-progress"], capsys)
-    assert code == 1
+    assert code == 2  # a resume conflict is a config error
     assert f"{run}/checkpoints/3: latent_dim=20 but the run was made with latent_dim=10" in line
     assert snapshot(run) == before
 
 
+@pytest.mark.slow  # trains finished_run
 def test_checkpoint_of_another_latent_size(finished_run):
     """Below the CLI: restoring arrays of another shape names the first one that differs."""
     from dcgan_jax import preset
@@ -281,9 +288,12 @@ def corrupt(run, epoch):
         f.truncate(os.path.getsize(victim) // 2)
 
 
+@pytest.mark.slow  # trains finished_run
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(finished_run, tmp_path, capsys):
     _, run = finished_run
     run = copy_of(run, tmp_path)
+    for name in ("generator.msgpack", "discriminator.msgpack", "losses.png"):  # killed before its final files
+        os.remove(run / name)
     corrupt(run, 3)
     assert main(["--resume", str(run), "--no-progress"]) == 0
     out = capsys.readouterr().out
@@ -295,6 +305,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(finished_run, tmp_pat
     assert [int(line.split(",")[0].split(":")[1]) for line in open(run / "metrics.jsonl")] == [1, 2, 3]
 
 
+@pytest.mark.slow  # trains finished_run
 def test_no_intact_checkpoint_left(finished_run, tmp_path, capsys):
     _, run = finished_run
     run = copy_of(run, tmp_path)
@@ -310,11 +321,32 @@ def test_no_intact_checkpoint_left(finished_run, tmp_path, capsys):
     assert snapshot(run) == before
 
 
+@pytest.mark.slow  # trains finished_run
+def test_a_finished_run_is_never_trained_again(finished_run, tmp_path, capsys):
+    """Its final weights exist: whatever state checkpoints/ is in, --resume changes no file, and
+    once its newest checkpoint is gone it refuses (it would retrain from an earlier one)."""
+    import shutil
+    _, run = finished_run
+    run = copy_of(run, tmp_path)
+    before = snapshot(run)
+    assert main(["--resume", str(run), "--no-progress"]) == 0 and snapshot(run) == before
+    shutil.rmtree(run / "checkpoints" / "3")
+    before = snapshot(run)
+    code, line = run_cli(["--resume", str(run), "--no-progress"], capsys)
+    assert code == 1 and "finished 3 epochs" in line and "newest intact checkpoint is epoch 2" in line
+    assert snapshot(run) == before
+    shutil.rmtree(run / "checkpoints")
+    code, line = run_cli(["--resume", str(run), "--no-progress"], capsys)
+    assert code == 1 and "newest intact checkpoint is none" in line
+    assert snapshot(run) == {k: v for k, v in before.items() if not k.startswith("checkpoints")}
+
+
 def test_resume_of_a_missing_run_dir(tmp_path, capsys):
     code, line = run_cli(["--resume", str(tmp_path / "never")], capsys)
     assert code == 1 and "does not exist: nothing to resume" in line
 
 
+@pytest.mark.slow  # trains finished_run
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, tmp_path, capsys, monkeypatch):
     """A state that turned NaN during epoch 2 (here: D's weights poisoned as epoch 2 starts)."""
     import jax
@@ -339,6 +371,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(finished_run, tmp_pat
     assert not (out / "generator.msgpack").exists()
 
 
+@pytest.mark.slow  # trains finished_run
 def test_resume_with_other_data(finished_run, tmp_path, capsys):
     _, run = finished_run
     other = make_idx_dir(tmp_path / "mnist20", n_train=20, n_test=4)

@@ -31,6 +31,7 @@ def run_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_latent_scale_train_mode_removes_the_scale_eval_mode_does_not(run_dir, capsys):
     config, g_vars, _ = outputs.load_variables(run_dir)
     z = jax.random.normal(jax.random.key(1), (20, config.latent_dim))
@@ -50,6 +51,7 @@ def test_latent_scale_train_mode_removes_the_scale_eval_mode_does_not(run_dir, c
     assert Image.open(out).size[0] > 300
 
 
+@pytest.mark.slow
 def test_evaluate_writes_eval_json_and_figure(run_dir, idx_dir, capsys):
     assert evaluate.main([run_dir, "--data-dir", idx_dir, "--num-samples", "40"]) == 0
     with open(os.path.join(run_dir, "eval.json")) as f:
@@ -62,6 +64,7 @@ def test_evaluate_writes_eval_json_and_figure(run_dir, idx_dir, capsys):
     assert "real train subset" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_evaluate_reports_a_missing_dataset(run_dir, tmp_path, capsys):
     assert evaluate.main([run_dir, "--data-dir", str(tmp_path / "none"), "--num-samples", "20"]) == 1
     assert "does not exist" in capsys.readouterr().err
@@ -72,6 +75,7 @@ def test_scripts_reject_a_folder_that_is_not_a_run(tmp_path):
         latent_scale.main([str(tmp_path)])
 
 
+@pytest.mark.slow
 def test_figures(run_dir, idx_dir):
     out = os.path.join(run_dir, "figs")
     assert figures.main([run_dir, "--data-dir", idx_dir, "--out", out]) == 0
@@ -81,6 +85,7 @@ def test_figures(run_dir, idx_dir):
         assert os.path.getsize(os.path.join(out, name)) > 1000
 
 
+@pytest.mark.slow
 def test_figures_checks_its_inputs_before_creating_the_out_folder(run_dir, tmp_path, capsys):
     out = str(tmp_path / "figs")
     assert figures.main([run_dir, "--data-dir", str(tmp_path / "none"), "--out", out]) == 1
@@ -92,6 +97,7 @@ def test_figures_checks_its_inputs_before_creating_the_out_folder(run_dir, tmp_p
     assert not os.path.exists(out)
 
 
+@pytest.mark.slow
 def test_a_full_disk_ends_the_scripts_with_one_line(run_dir, idx_dir, tmp_path, capsys, monkeypatch):
     import errno
 
@@ -173,6 +179,7 @@ def test_slerp_stays_on_the_great_circle():
     np.testing.assert_allclose(figures.slerp(a, a, 0.5), a)   # parallel vectors: no 0/0
 
 
+@pytest.mark.slow
 def test_compare_frameworks_torch_side_and_table():
     from dcgan_jax.data import Dataset
     from experiments import compare_frameworks as cf

@@ -15,6 +15,10 @@ from dcgan_jax.models import Discriminator, Generator
 FORMS = pytest.mark.parametrize("forms", [XLA_FORMS, CPU_FORMS], ids=["xla", "cpu"])
 
 
+def slow(*values):
+    return pytest.param(*values, marks=pytest.mark.slow)
+
+
 @pytest.fixture
 def x64():
     with jax.enable_x64(True):
@@ -40,8 +44,8 @@ def _assert_same_value_and_grads(f, reference, *args):
 # 7->14, 14->28 at stride 2; 2->3, 6->7 at stride 1), other shapes the stride divides, and one it
 # does not (5->12 at stride 3).
 @FORMS
-@pytest.mark.parametrize("k,s,p,n", [(4, 2, 1, 1), (4, 2, 1, 3), (4, 2, 1, 7), (4, 1, 1, 2), (4, 1, 1, 6),
-                                     (2, 2, 0, 4), (6, 3, 0, 3), (3, 3, 0, 2), (3, 3, 1, 4)])
+@pytest.mark.parametrize("k,s,p,n", [(4, 2, 1, 3), slow(4, 2, 1, 1), slow(4, 2, 1, 7), (4, 1, 1, 2), slow(4, 1, 1, 6),
+                                     slow(2, 2, 0, 4), slow(6, 3, 0, 3), slow(3, 3, 0, 2), slow(3, 3, 1, 4)])
 def test_transposed_conv_equals_dilated(x64, forms, k, s, p, n):
     rng = np.random.default_rng(k * 100 + n)
     x, kernel = jnp.asarray(rng.standard_normal((2, n, n, 3))), jnp.asarray(rng.standard_normal((k, k, 3, 4)))
@@ -64,9 +68,10 @@ def test_asymmetric_and_negative_padding(x64, padding):
 # input (layer3_0), a matmul to per-tap planes for one output channel (layer4_3), plain lax
 # otherwise; each must be the textbook convolution, values and gradients.
 @FORMS
-@pytest.mark.parametrize("n,k,s,p,c_out", [(2, 3, 1, 1, 4), (2, 4, 1, 2, 4), (4, 3, 2, 1, 4), (6, 4, 1, 2, 4),
-                                           (14, 3, 1, 1, 4), (14, 3, 2, 1, 4), (7, 3, 2, 1, 4), (5, 3, 1, 0, 4),
-                                           (7, 3, 1, 1, 1), (6, 4, 1, 2, 1), (5, 3, 1, 0, 1), (7, 3, 2, 1, 1)])
+@pytest.mark.parametrize("n,k,s,p,c_out", [(2, 3, 1, 1, 4), (2, 4, 1, 2, 4), slow(4, 3, 2, 1, 4), (6, 4, 1, 2, 4),
+                                           slow(14, 3, 1, 1, 4), slow(14, 3, 2, 1, 4), slow(7, 3, 2, 1, 4),
+                                           slow(5, 3, 1, 0, 4), (7, 3, 1, 1, 1), slow(6, 4, 1, 2, 1), slow(5, 3, 1, 0, 1),
+                                           slow(7, 3, 2, 1, 1)])
 def test_conv_forms_equal_lax(x64, forms, n, k, s, p, c_out):
     rng = np.random.default_rng(n * 100 + k * 10 + p)
     x, kernel = jnp.asarray(rng.standard_normal((2, n, n, 3))), jnp.asarray(rng.standard_normal((k, k, 3, c_out)))
@@ -103,6 +108,7 @@ def test_channel_sum_equals_a_float64_sum(x64, forms):
 
 
 @pytest.mark.parametrize("name", ["xla", "cpu"])
+@pytest.mark.slow
 def test_networks_with_each_kernel_set_equal_flax_layers(x64, name):
     """Both networks, train mode (outputs, BatchNorm statistics, gradients of every parameter)
     and eval mode, against the same networks built from flax's own layers."""

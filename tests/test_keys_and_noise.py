@@ -85,6 +85,7 @@ def _tiny_state(config):
 
 
 @pytest.mark.parametrize("order", ["g_then_d", "d_then_g"])
+@pytest.mark.slow
 def test_train_step_generator_passes_use_fresh_normal_noise_per_d_step(order, monkeypatch):
     """d_steps=2: the step's generator forward passes are exactly two, on z_i ~ N(0, 1) drawn from
     split(key, 2)[i]. G-then-D: the G step's pass (z_0, initial G), then a fresh fake for the second

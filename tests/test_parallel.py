@@ -11,6 +11,9 @@ import os
 import subprocess
 import sys
 import textwrap
+import pytest
+
+pytestmark = pytest.mark.slow  # a subprocess with 8 devices compiles the run in float64
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

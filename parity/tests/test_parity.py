@@ -8,6 +8,8 @@ import pytest
 from parity import compare
 from parity.tests.conftest import assert_rows_pass
 
+pytestmark = pytest.mark.slow  # trains both frameworks step by step
+
 
 def test_layer_shapes_and_forward_float32(seed):
     """Every block's output shape (docs/tutorial.md) and values in train and eval mode; running

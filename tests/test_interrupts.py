@@ -1,0 +1,39 @@
+"""SIGINT and SIGTERM at any moment of the CLI, from its first import on: status 130 or 143, one
+line, no traceback, and a run directory that --resume or --out can take up again."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import make_idx_dir
+from dcgan_jax import outputs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("delay", [0.2, 1.5, 5.0])  # importing jax, loading, compiling
+def test_a_signal_at_any_moment_ends_the_cli_with_one_line(tmp_path, signum, status, delay):
+    data = make_idx_dir(tmp_path / "mnist", n_train=16, n_test=4)
+    out = str(tmp_path / "run")
+    env = dict(os.environ, DCGAN_JAX_COMPILE_CACHE="off", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.train", "--preset", "quick", "--batch-size", "4",
+                             "--steps-per-epoch", "3", "--data-dir", data, "--out", out, "--no-progress"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before the signal")  # a very fast machine
+    assert proc.returncode == status, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "interrupted" in errors[0], err
+    if os.path.isfile(os.path.join(out, "config.json")):
+        outputs.check_resumable(out)          # --resume takes it
+    else:
+        assert outputs.prepare_run_dir(out) is None  # --out takes it, nothing to move aside
