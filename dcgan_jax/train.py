@@ -114,17 +114,19 @@ def _init_variables_fn(latent_dim: int, dtype: str, key):
 
 
 # Keyed on what the networks depend on, not the whole config: configs that differ in training
-# settings share one init program. Its many unrolled threefry hashes make LLVM's -O3 slow to
-# compile it; -O2 compiles it into the same bits (tests/test_train.py), for a program that runs
-# once.
-_init_program = jax.jit(_init_variables_fn, static_argnums=(0, 1),
-                        compiler_options={"xla_backend_optimization_level": 2})
+# settings share one init program. On the CPU its many unrolled threefry hashes make LLVM's -O3
+# slow to compile it; -O2 compiles it into the same bits there (tests/test_train.py), for a
+# program that runs once. Other backends keep their default, with nothing measured to say so.
+@functools.lru_cache(maxsize=None)
+def _init_program(backend: str):
+    options = {"xla_backend_optimization_level": 2} if backend == "cpu" else None
+    return jax.jit(_init_variables_fn, static_argnums=(0, 1), compiler_options=options)
 
 
 def _init_variables(latent_dim: int, dtype: str, key):
     if isinstance(key, jax.core.Tracer):  # inside another trace (eval_shape), which owns compilation
         return _init_variables_fn(latent_dim, dtype, key)
-    return _init_program(latent_dim, dtype, key)
+    return _init_program(jax.default_backend())(latent_dim, dtype, key)
 
 
 def scale_images(images, config: Config):
