@@ -12,7 +12,9 @@ from dcgan_jax import kernels
 from dcgan_jax.kernels import CPU_FORMS, XLA_FORMS, conv, conv_transpose, divide_by_runtime_one
 from dcgan_jax.models import Discriminator, Generator
 
-FORMS = pytest.mark.parametrize("forms", [XLA_FORMS, CPU_FORMS], ids=["xla", "cpu"])
+# The CPU's forms in the fast tier (they run here), the accelerators' in the full suite.
+FORMS = pytest.mark.parametrize("forms", [pytest.param(XLA_FORMS, marks=pytest.mark.slow), CPU_FORMS],
+                                ids=["xla", "cpu"])
 
 
 def slow(*values):

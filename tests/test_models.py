@@ -77,6 +77,7 @@ def test_discriminator_shape_chain(variables):
     assert out == (3, 2)
 
 
+@pytest.mark.slow  # two more forward compilations
 def test_latent_layouts_agree_and_bad_shape_is_named(variables):
     g_vars, _ = variables
     z = jax.random.normal(jax.random.key(2), (4, 10))
@@ -137,7 +138,7 @@ def test_batchnorm_follows_pytorch_semantics(variables):
 
 
 @pytest.mark.parametrize("kernels", ["flax", "xla", "cpu"])
-@pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float64", pytest.param("bfloat16", marks=pytest.mark.slow)])
 def test_batchnorm_gradient_is_the_textbook_one(dtype, kernels):
     """models.BatchNorm's autodiff and kernels.BatchNorm's closed-form VJP equal autodiff through
     the textbook formula: in float64 to rounding; in bfloat16 compute (float32 statistics and

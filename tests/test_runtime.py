@@ -57,6 +57,7 @@ print(tuned, jax.config.read("jax_cpu_enable_async_dispatch"), *faults[4:])
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc tuning is glibc's mallopt")
+@pytest.mark.slow  # a subprocess that starts JAX
 def test_reuse_cpu_memory_keeps_an_execution_buffer_mapped():
     pages = 64 * 2**20 // resource.getpagesize()
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
@@ -70,6 +71,7 @@ def test_reuse_cpu_memory_keeps_an_execution_buffer_mapped():
     assert np.median([int(f) for f in reused[2:]]) < pages // 20, reused
 
 
+@pytest.mark.slow  # a subprocess that starts JAX
 def test_reuse_cpu_memory_after_the_backends_started_warns_and_changes_nothing():
     program = """
 import warnings
