@@ -55,6 +55,10 @@ def exit_with(main: Callable[[], int], message: str = "interrupted"):
         code = main()
     except KeyboardInterrupt:
         _leave(f"error: {message}", status())
+    except BaseException:
+        if _received:  # a library turned the interrupt into an error of its own
+            _leave(f"error: {message}", status())
+        raise
     if _received and code not in (INTERRUPTED, TERMINATED):  # swallowed somewhere inside
         _leave(f"error: {message}", status())
     if code in (INTERRUPTED, TERMINATED):

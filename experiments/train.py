@@ -171,4 +171,4 @@ def _fail(message, status: int) -> int:
 
 
 if __name__ == "__main__":
-    interrupts.exit_with(main, "interrupted before the run started")
+    interrupts.exit_with(main)

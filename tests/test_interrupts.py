@@ -37,3 +37,26 @@ def test_a_signal_at_any_moment_ends_the_cli_with_one_line(tmp_path, signum, sta
         outputs.check_resumable(out)          # --resume takes it
     else:
         assert outputs.prepare_run_dir(out) is None  # --out takes it, nothing to move aside
+
+
+WRAPPED = """
+import os, signal
+from experiments import interrupts
+interrupts.install()
+
+def main():
+    try:
+        os.kill(os.getpid(), signal.{sig})
+    except KeyboardInterrupt as e:  # as JAX does inside a trace: the interrupt becomes another error
+        raise ValueError("exception raised while checking equality of metadata fields") from e
+    return 0
+
+interrupts.exit_with(main)
+"""
+
+
+@pytest.mark.parametrize("sig,status", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_an_interrupt_a_library_turns_into_another_error_still_ends_with_one_line(sig, status):
+    proc = subprocess.run([sys.executable, "-c", WRAPPED.replace("{sig}", sig)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == status and proc.stderr == "error: interrupted\n", proc.stderr
