@@ -39,6 +39,13 @@ def _leave(line: str, code: int):
 def install():
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _raise)
+    default_hook = sys.unraisablehook
+
+    def leave_if_interrupted(unraisable):  # raised where Python can only print it (a __del__, a gc callback)
+        if isinstance(unraisable.exc_value, Interrupted):
+            _leave("error: interrupted", unraisable.exc_value.status)
+        default_hook(unraisable)
+    sys.unraisablehook = leave_if_interrupted
 
 
 def status() -> int:

@@ -60,3 +60,28 @@ def test_an_interrupt_a_library_turns_into_another_error_still_ends_with_one_lin
     proc = subprocess.run([sys.executable, "-c", WRAPPED.replace("{sig}", sig)], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == status and proc.stderr == "error: interrupted\n", proc.stderr
+
+
+IN_A_DESTRUCTOR = """
+import gc, os, signal, time
+from experiments import interrupts
+interrupts.install()
+
+class Finalized:
+    def __del__(self):  # where JAX's gc callback runs: an exception there is only printed
+        os.kill(os.getpid(), signal.SIGINT)
+
+def main():
+    Finalized()
+    gc.collect()
+    time.sleep(30)  # a training run going on as if nothing happened
+    return 0
+
+interrupts.exit_with(main)
+"""
+
+
+def test_an_interrupt_raised_where_python_can_only_print_it_ends_at_once():
+    proc = subprocess.run([sys.executable, "-c", IN_A_DESTRUCTOR], cwd=REPO, capture_output=True, text=True,
+                          timeout=20)
+    assert proc.returncode == 130 and proc.stderr == "error: interrupted\n", proc.stderr
