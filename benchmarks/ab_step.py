@@ -108,7 +108,7 @@ def main(argv=None):
         state = jax.tree.map(jnp.copy, base).replace(g_opt=g_tx.init(base.g_params), d_opt=d_tx.init(base.d_params))
         if args.loop == "scan":
             _, _, scan = train.epoch_programs(train.mesh_of(images))
-            return state, scan.lower(state, images, keys[0])
+            return state, scan.lower(state, images, keys[0], 0)
         return state, train.jitted_train_step.lower(state, images, keys[0])
     built = compile_variants(module.VARIANTS, build)
     states = {name: state for name, (state, _) in built.items()}

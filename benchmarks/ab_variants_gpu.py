@@ -51,11 +51,11 @@ def epoch_programs_unrolled(mesh):
         real = jax.lax.with_sharding_constraint(images[idx], batch)
         return train._train_step(state, real, jax.random.wrap_key_data(key_data))
 
-    def scan(state, images, key_data):
+    def scan(state, images, key_data, start):
         cfg = state.config
         idx, keys = plan(key_data, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
-        return jax.lax.scan(lambda s, xs: step_on(s, images, *xs), state, (idx, keys), unroll=2)
-    return plan, step, jax.jit(scan, donate_argnums=0, out_shardings=NamedSharding(mesh, P()),
+        return jax.lax.scan(lambda s, xs: step_on(s, images, *xs), state, (idx[start:], keys[start:]), unroll=2)
+    return plan, step, jax.jit(scan, static_argnums=3, donate_argnums=0, out_shardings=NamedSharding(mesh, P()),
                                **kernels.STEP_JIT_KWARGS)
 
 

@@ -77,7 +77,7 @@ def main(argv=None):
     key_data = np.asarray(jax.random.key_data(jax.random.key(1)))
     plan, step, scan = epoch_programs(mesh_of(images))
     if args.loop == "scan":
-        compiled = scan.lower(state, images, key_data).compile()
+        compiled = scan.lower(state, images, key_data, 0).compile()
         run = lambda s: compiled(s, images, key_data)[0]
     else:
         idx, keys = plan(key_data, len(images), args.steps, args.batch_size)

@@ -1,14 +1,18 @@
 """Orbax checkpoints of a run: everything needed to continue it exactly.
 
-RUN_DIR/checkpoints/<epoch>/ (one folder per saved epoch, the last `keep` kept) holds three items:
+RUN_DIR/checkpoints/<epoch>/ holds the state at the end of an epoch (the last `keep` kept);
+RUN_DIR/mid_epoch_checkpoint/<step>/ the state after a step inside an epoch (saved when the run
+is interrupted, and every --checkpoint-every-steps steps), named by the run's step count; it is
+removed once a later epoch end is saved. Each holds three items:
   state/    the TrainState arrays: step, G/D params, BatchNorm statistics, both optax states
   history/  the per-step metrics so far (float32 arrays, as step_metrics.npz)
-  meta/     JSON: epoch, the resolved config, the per-epoch metrics records so far, the number and
-            the sha256 of the training images (a resumed run must see the same), and a sha256 of
-            the state arrays
+  meta/     JSON: the epochs completed and the steps done in the next, the resolved config, the
+            per-epoch metrics records so far, the number and the sha256 of the training images
+            (a resumed run must see the same), and a sha256 of the state arrays
 and files.sha256, a JSON {relative path: sha256} of every file orbax wrote, added once it has.
 The PRNG key stream needs no saving: the key of every epoch is epoch_key(train_key, epoch) with
-train_key from the seed, so the epoch counter is the stream's position.
+train_key from the seed, and the batches and keys of its steps are a function of that key and the
+step's index, so (epoch, step) is the stream's position.
 
 Orbax writes a checkpoint into a temporary folder and renames it into place only when every item
 is complete, so a crash mid-save never leaves a folder that looks like a checkpoint (leftovers are
@@ -18,12 +22,15 @@ which leaves unfinished coroutines and tensorstore callbacks behind. The sha256 
 meta checks the arrays as restored. A corrupt checkpoint is moved to RUN_DIR/corrupt_checkpoints/
 and the previous one is used.
 """
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
+import threading
 from typing import Callable, Optional
 
 import jax
@@ -57,11 +64,22 @@ class CorruptCheckpoint(CheckpointError):
 
 @dataclasses.dataclass
 class Restored:
-    epoch: int
+    epoch: int             # epochs completed
     state: TrainState
     records: list          # metrics.jsonl lines of epochs 1..epoch
-    history: dict          # per-step metrics of epochs 1..epoch
+    history: dict          # per-step metrics of every step done (epochs 1..epoch, then steps_in_epoch)
     meta: dict
+    steps_in_epoch: int = 0  # steps done in epoch + 1 (a mid-epoch checkpoint)
+
+    def position(self) -> str:
+        return position(self.epoch, self.steps_in_epoch, self.state.config.steps_per_epoch)
+
+
+def position(epoch: int, steps_in_epoch: int, steps_per_epoch: int) -> str:
+    """Where a checkpoint is in the run, in words."""
+    if not steps_in_epoch:
+        return f"epoch {epoch}"
+    return f"step {steps_in_epoch} of {steps_per_epoch} of epoch {epoch + 1}"
 
 
 def state_digest(state: TrainState) -> str:
@@ -86,49 +104,87 @@ def _name(path) -> str:
 
 
 class RunCheckpoints:
-    """The checkpoints folder of one run directory."""
+    """The checkpoints of one run directory: epoch ends and the newest mid-epoch state."""
 
     def __init__(self, run_dir: str, keep: int = 3):
         self.run_dir = os.path.abspath(run_dir)
         self.directory = os.path.join(self.run_dir, "checkpoints")
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-                                               enable_async_checkpointing=False)
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "history": ocp.StandardCheckpointHandler(),
-                           "meta": ocp.JsonCheckpointHandler()})
+        self.mid_directory = os.path.join(self.run_dir, "mid_epoch_checkpoint")
+        self.manager = _manager(self.directory, keep)
+        self._mid = None   # made when needed: most runs never have one
+
+    @property
+    def mid(self) -> ocp.CheckpointManager:
+        if self._mid is None:
+            self._mid = _manager(self.mid_directory, 1)
+        return self._mid
 
     def epochs(self) -> list:
+        """The epochs whose ends are checkpointed, oldest first."""
         return sorted(self.manager.all_steps())
 
-    def save(self, epoch: int, state: TrainState, records: list, history: dict, **info):
-        meta = dict(info, epoch=epoch, config=state.config.to_dict(), records=records,
-                    state_sha256=state_digest(state))
+    def mid_epoch_steps(self) -> list:
+        """The run's step counts of the mid-epoch checkpoints (at most one, but for a crash)."""
+        return sorted(self.mid.all_steps()) if os.path.isdir(self.mid_directory) else []
+
+    def latest(self, steps_per_epoch: int) -> Optional[tuple]:
+        """(epochs completed, steps done in the next) of the newest checkpoint, unread; None if none."""
+        found = [(e * steps_per_epoch, e, 0) for e in self.epochs()]
+        found += [(s, s // steps_per_epoch, s % steps_per_epoch) for s in self.mid_epoch_steps()]
+        return max(found)[1:] if found else None
+
+    def path_of(self, epoch: int, steps_in_epoch: int, steps_per_epoch: int) -> str:
+        """The folder of the checkpoint at that position."""
+        if steps_in_epoch:
+            return os.path.join(self.mid_directory, str(epoch * steps_per_epoch + steps_in_epoch))
+        return os.path.join(self.directory, str(epoch))
+
+    def save(self, epoch: int, state: TrainState, records: list, history: dict, steps_in_epoch: int = 0, **info):
+        """Checkpoint `state`, the state after `epoch` epochs and `steps_in_epoch` steps of the next
+        one, described by `records` (of the completed epochs) and `history` (of every step)."""
+        steps_per_epoch = state.config.steps_per_epoch
+        step = epoch * steps_per_epoch + steps_in_epoch
+        manager, name = (self.mid, step) if steps_in_epoch else (self.manager, epoch)
+        meta = dict(info, epoch=epoch, steps_in_epoch=steps_in_epoch, config=state.config.to_dict(),
+                    records=records, state_sha256=state_digest(state))
         history = {k: np.asarray(v, np.float32) for k, v in history.items()}
-        where = os.path.join(self.directory, str(epoch))
+        where = self.path_of(epoch, steps_in_epoch, steps_per_epoch)
         self._check_space(where)
         try:
-            self.manager.save(epoch, args=ocp.args.Composite(
+            manager.save(name, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state), history=ocp.args.StandardSave(history),
                 meta=ocp.args.JsonSave(meta)))
-            self.manager.wait_until_finished()
+            manager.wait_until_finished()
             if jax.process_index() == 0:  # orbax has finalized every process's files by now
                 atomic_write(os.path.join(where, MANIFEST), json.dumps(file_digests(where), indent=0).encode())
         except BaseException as e:  # interrupts too: what orbax left half-written goes
-            for name in os.listdir(self.directory):
-                if name.startswith(f"{epoch}.orbax-checkpoint-tmp"):
-                    shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-            self.manager.reload()
+            for entry in os.listdir(manager.directory):
+                if entry.startswith(f"{name}.orbax-checkpoint-tmp"):
+                    shutil.rmtree(os.path.join(manager.directory, entry), ignore_errors=True)
+            manager.reload()
             if isinstance(e, Exception) and not isinstance(e, WriteError):
                 raise WriteError(f"cannot write checkpoint {where}: {_cause(e)}") from None
             raise
+        if not steps_in_epoch and jax.process_index() == 0:
+            self._drop_mid_epoch(up_to=step)
+
+    def _drop_mid_epoch(self, up_to: int):
+        """Delete the mid-epoch checkpoints an epoch end at step `up_to` supersedes (and their
+        folder, once empty)."""
+        steps = self.mid_epoch_steps()
+        for step in steps:
+            if step <= up_to:
+                self.mid.delete(step)
+        if steps and not self.mid_epoch_steps() and not os.listdir(self.mid_directory):
+            self.mid.close()
+            self._mid = None
+            os.rmdir(self.mid_directory)
 
     def _check_space(self, where: str):
         """Refuse a save the disk cannot hold, before orbax starts it.
 
         Orbax writes the new checkpoint before it deletes the oldest, so it needs about the room
-        the last one took. A write failing midway is caught too (below), but orbax then abandons
+        the last one took. A write failing midway is caught too (above), but orbax then abandons
         its other writes, whose callbacks print tracebacks from tensorstore's threads.
         """
         last = self.epochs()
@@ -143,59 +199,69 @@ class RunCheckpoints:
 
     def restore_latest(self, config: Config, place: Callable[[TrainState], TrainState],
                        log: Callable[[str], None] = print) -> Optional[Restored]:
-        """The newest intact checkpoint, restored for `config`; None if there is none.
+        """The newest intact checkpoint (epoch end or mid-epoch), restored for `config`; None if
+        there is none.
 
         A corrupt checkpoint is reported through `log`, moved aside and the previous one tried;
         one made for another config or architecture raises CheckpointError naming the mismatch.
         `place(abstract_state)` gives the ShapeDtypeStructs (with shardings) to restore into.
         """
+        spe = config.steps_per_epoch
+        found = [(e * spe, self.manager, e) for e in self.epochs()]
+        found += [(s, self.mid, s) for s in self.mid_epoch_steps()]
         skipped = []
-        for epoch in reversed(self.epochs()):
+        for step, manager, name in sorted(found, key=lambda f: f[0], reverse=True):
+            label = position(step // spe, step % spe, spe)
             try:
-                restored = self._restore(epoch, config, place)
+                restored = self._restore(manager, name, step, config, place)
             except CorruptCheckpoint as e:
-                moved = self._move_aside(epoch)
-                log(f"warning: checkpoint of epoch {epoch} is corrupt ({e}); moved to {moved}, "
+                moved = self._move_aside(manager, name, mid_epoch=manager is not self.manager)
+                log(f"warning: checkpoint of {label} is corrupt ({e}); moved to {moved}, "
                     f"falling back to the previous one")
-                skipped.append(epoch)
+                skipped.append(label)
                 continue
             if skipped:
-                log(f"resuming from the checkpoint of epoch {epoch} (skipped corrupt epoch(s) "
-                    f"{', '.join(map(str, skipped))})")
+                log(f"resuming from the checkpoint of {label} (skipped corrupt: {', '.join(skipped)})")
             return restored
         if skipped:
-            raise CheckpointError(f"{self.directory}: no intact checkpoint left (corrupt: epochs "
-                                  f"{', '.join(map(str, skipped))}; moved to corrupt_checkpoints/); "
-                                  f"{RESTART_HINT}")
+            raise CheckpointError(f"{self.directory}: no intact checkpoint left (corrupt: {', '.join(skipped)}; "
+                                  f"moved to corrupt_checkpoints/); {RESTART_HINT}")
         return None
 
-    def _restore(self, epoch: int, config: Config, place) -> Restored:
-        where = os.path.join(self.directory, str(epoch))
+    def _restore(self, manager, name: int, step: int, config: Config, place) -> Restored:
+        where = os.path.join(str(manager.directory), str(name))
         _check_files(where)
         try:
-            meta = self.manager.restore(epoch, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+            meta = manager.restore(name, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
             saved = Config.from_dict(meta["config"])
+            epoch, steps_in_epoch = meta["epoch"], meta.get("steps_in_epoch", 0)
         except Exception as e:  # any failure to read or parse: the files are damaged
             raise CorruptCheckpoint(f"meta unreadable: {_short(e)}") from None
         conflicts = config_conflicts(saved, config)
         if conflicts:
             raise ResumeConflict(f"{where}: {'; '.join(conflicts)} (a resumed run keeps its config)")
+        if epoch * config.steps_per_epoch + steps_in_epoch != step:
+            raise CorruptCheckpoint(f"its meta says {position(epoch, steps_in_epoch, config.steps_per_epoch)}, "
+                                    f"its folder step {step}")
         abstract = place(jax.eval_shape(lambda: create_train_state(config, jax.random.key(0))))
-        self._check_shapes(epoch, abstract, where)
+        self._check_shapes(manager, name, abstract, where)
         try:
-            items = self.manager.restore(epoch, args=ocp.args.Composite(
+            items = manager.restore(name, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), history=ocp.args.StandardRestore()))
         except Exception as e:
             raise CorruptCheckpoint(f"arrays unreadable: {_short(e)}") from None
         if state_digest(items.state) != meta["state_sha256"]:
             raise CorruptCheckpoint("state arrays differ from their saved sha256")
+        if int(np.asarray(items.state.step.addressable_data(0))) != step:
+            raise CorruptCheckpoint(f"its state has done {int(np.asarray(items.state.step.addressable_data(0)))} "
+                                    f"steps, its folder says {step}")
         history = {k: np.asarray(v, np.float32) for k, v in items.history.items()}
-        return Restored(epoch, items.state, meta["records"], history, meta)
+        return Restored(epoch, items.state, meta["records"], history, meta, steps_in_epoch)
 
-    def _check_shapes(self, epoch: int, abstract: TrainState, where: str):
+    def _check_shapes(self, manager, name: int, abstract: TrainState, where: str):
         try:
             saved = {_name(p): tuple(m.shape)
-                     for p, m in jax.tree_util.tree_flatten_with_path(self.manager.item_metadata(epoch)["state"])[0]}
+                     for p, m in jax.tree_util.tree_flatten_with_path(manager.item_metadata(name)["state"])[0]}
         except Exception as e:
             raise CorruptCheckpoint(f"state metadata unreadable: {_short(e)}") from None
         wanted = {_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(abstract)[0]}
@@ -208,19 +274,55 @@ class RunCheckpoints:
                 raise CheckpointError(f"{where}: {name} has shape {saved[name]}, this config needs {shape} "
                                       f"(made with another latent size or architecture?)")
 
-    def _move_aside(self, epoch: int) -> str:
-        target = os.path.join(self.run_dir, "corrupt_checkpoints", f"epoch_{epoch}")
+    def _move_aside(self, manager, name: int, mid_epoch: bool) -> str:
+        target = os.path.join(self.run_dir, "corrupt_checkpoints", f"{'step' if mid_epoch else 'epoch'}_{name}")
         os.makedirs(os.path.dirname(target), exist_ok=True)
         n = 1
         while os.path.exists(target + (f".{n}" if n > 1 else "")):
             n += 1
         target += f".{n}" if n > 1 else ""
-        os.replace(os.path.join(self.directory, str(epoch)), target)
-        self.manager.reload()
+        os.replace(os.path.join(str(manager.directory), str(name)), target)
+        manager.reload()
         return os.path.relpath(target, self.run_dir)
 
     def close(self):
         self.manager.close()
+        if self._mid is not None:
+            self._mid.close()
+
+
+def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, cleanup_tmp_directories=True,
+                                           enable_async_checkpointing=False)
+    return ocp.CheckpointManager(directory, options=options,
+                                 item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                "history": ocp.StandardCheckpointHandler(),
+                                                "meta": ocp.JsonCheckpointHandler()})
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """SIGINT and SIGTERM arriving inside the block are handled, as they would have been, when it
+    ends. A checkpoint save is then whole or not started: one cut short leaves orbax's threads
+    writing into a folder that the cleanup removes under them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    for signum in handlers:
+        signal.signal(signum, lambda signum, frame: pending.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+        if pending:
+            signum, frame = pending[0]
+            if callable(handlers[signum]):
+                handlers[signum](signum, frame)
+            elif handlers[signum] == signal.SIG_DFL:
+                os.kill(os.getpid(), signum)
 
 
 def file_digests(folder: str) -> dict:

@@ -9,6 +9,7 @@ Layout (all paths relative to the run directory):
   generator.msgpack         final generator variables {"params", "batch_stats"} (flax.serialization)
   discriminator.msgpack     final discriminator variables, same format
   checkpoints/<epoch>/      orbax checkpoints of the full training state (layout in checkpoints.py)
+  mid_epoch_checkpoint/<step>/  the same, after a step inside an epoch (interrupt, every N steps)
   corrupt_checkpoints/      checkpoints found damaged on resume, moved here rather than deleted
   .dcgan_jax_run            written when this program creates the folder: the proof that
                             --overwrite may move it aside (to RUN_DIR.old-N; nothing is deleted)

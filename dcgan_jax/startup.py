@@ -16,18 +16,21 @@ import numpy as np
 from . import train
 
 
-def compile_epoch(state, images, key, loop: str):
-    """Compile what train.train_epoch(state, images, key, loop) runs, without running it. `state`
-    may be abstract; `images` are the arrays (or ShapeDtypeStructs) the epochs will get."""
+def compile_epoch(state, images, key, loop: str, starts=(0,)):
+    """Compile what train.train_epoch(state, images, key, loop, start=start) runs for each of
+    `starts`, without running it. `state` may be abstract; `images` are the arrays (or
+    ShapeDtypeStructs) the epochs will get."""
     cfg = state.config
     plan, step, scan = train.epoch_programs(train.mesh_of(images))
     key_data = np.asarray(jax.random.key_data(key))
     if loop == "scan":
-        scan.lower(state, images, key_data).compile()
+        for start in starts:
+            scan.lower(state, images, key_data, start).compile()
         return
     idx, keys = plan.lower(key_data, images.shape[0], cfg.steps_per_epoch, cfg.batch_size).compile().out_info
     compiled = step.lower(state, images, idx, keys, np.int32(0)).compile()
-    train.stack_metrics.lower([compiled.out_info[1]] * cfg.steps_per_epoch).compile()
+    for start in starts:
+        train.stack_metrics.lower([compiled.out_info[1]] * (cfg.steps_per_epoch - start)).compile()
 
 
 class Precompiler:

@@ -273,27 +273,31 @@ def epoch_programs(mesh: Mesh):
     def step(state, images, idx, keys, i):
         return step_on(state, images, idx[i], keys[i])
 
-    def scan(state, images, key_data):
+    def scan(state, images, key_data, start):
         cfg = state.config
         idx, keys = plan(key_data, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
-        return jax.lax.scan(lambda s, xs: step_on(s, images, *xs), state, (idx, keys))
+        return jax.lax.scan(lambda s, xs: step_on(s, images, *xs), state, (idx[start:], keys[start:]))
 
     return (jax.jit(plan, static_argnums=(1, 2, 3), out_shardings=replicated),
             jax.jit(step, out_shardings=replicated, **kernels.STEP_JIT_KWARGS),
-            jax.jit(scan, donate_argnums=0, out_shardings=replicated, **kernels.STEP_JIT_KWARGS))
+            jax.jit(scan, static_argnums=3, donate_argnums=0, out_shardings=replicated, **kernels.STEP_JIT_KWARGS))
 
 
 def train_epoch(state: TrainState, images, key, loop: Optional[str] = None,
-                on_step: Optional[Callable[[int, dict], None]] = None):
+                on_step: Optional[Callable[[int, TrainState, dict], None]] = None, start: int = 0):
     """Shuffle `images` (uint8, on the devices) with `key` and run one epoch of steps_per_epoch
     steps, on one device or, for images placed on a mesh (parallel.DataParallel), the batch
     split across its devices.
 
     Both loop strategies use the same batches and keys; returns (state, metrics) with each
-    metric stacked over the epoch's steps. "scan" donates `state`. `on_step(i, metrics)` is
-    called after each step in "steps" mode (it costs a device sync per step).
+    metric stacked over the steps run. "scan" donates `state`. start > 0 runs only the steps
+    start.. of the epoch, the same ones an uninterrupted epoch runs there (a run resumed
+    mid-epoch). In "steps" mode `on_step(i, state, metrics)` is called after each step i with
+    the state after it.
     """
     cfg = state.config
+    if not 0 <= start < cfg.steps_per_epoch:
+        raise ValueError(f"start={start}: an epoch has steps 0..{cfg.steps_per_epoch - 1}")
     mesh = mesh_of(images)
     # where the programs' outputs live (a no-op once they are there): the first epoch's inputs
     # then compile the same programs as every later one's
@@ -301,14 +305,14 @@ def train_epoch(state: TrainState, images, key, loop: Optional[str] = None,
     plan, step, scan = epoch_programs(mesh)
     key_data = np.asarray(jax.random.key_data(key))
     if resolve_loop(loop or cfg.loop) == "scan":
-        return scan(state, images, key_data)
+        return scan(state, images, key_data, start)
     idx, keys = plan(key_data, images.shape[0], cfg.steps_per_epoch, cfg.batch_size)
     history = []
-    for i in range(cfg.steps_per_epoch):
+    for i in range(start, cfg.steps_per_epoch):
         state, metrics = step(state, images, idx, keys, np.int32(i))
         history.append(metrics)
         if on_step is not None:
-            on_step(i, metrics)
+            on_step(i, state, metrics)
     return state, stack_metrics(history)
 
 

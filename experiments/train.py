@@ -7,14 +7,14 @@
 Presets: reference (the tutorial exactly: G-then-D, [0, 1] data, 20 epochs of 600 steps of 100),
 default (the same with D-then-G), quick (2 epochs of 4 steps of 16, a smoke test). Every config
 field has a flag overriding the preset; see --help. A run checkpoints every --checkpoint-every
-epochs; --resume RUN_DIR continues it from its newest intact checkpoint with its own config (only
---epochs, --data-dir, --tfds-data-dir, --loop, --kernels, --checkpoint-every and --keep may be given
-again).
+epochs (and every --checkpoint-every-steps steps inside one); --resume RUN_DIR continues it from its
+newest intact checkpoint with its own config (only --epochs, --data-dir, --tfds-data-dir, --loop,
+--kernels, --checkpoint-every, --checkpoint-every-steps and --keep may be given again).
 The batch is split across all devices; --distributed first joins the processes of a multi-host run.
 
 Exit status: 0 done, 1 runtime error (data, run dir, checkpoint, a failed write), 2 bad flag or config
 (a resume conflict included), 3 training diverged, 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM:
-what was checkpointed stays, --resume continues from it.
+an interrupted run first checkpoints the last step it completed, and --resume continues from there.
 """
 from experiments import interrupts  # first: a signal during the imports below ends the script too
 
@@ -75,6 +75,9 @@ def parser() -> argparse.ArgumentParser:
                         "one holding the data or the compile cache, and a run in use")
     p.add_argument("--checkpoint-every", type=int, metavar="EPOCHS",
                    help="checkpoint every EPOCHS epochs, and always at the last (default: 1, or the resumed run's)")
+    p.add_argument("--checkpoint-every-steps", type=int, metavar="STEPS",
+                   help="also checkpoint every STEPS steps inside an epoch, for long CPU epochs; 0: never "
+                        "(default: 0, or the resumed run's; needs --loop steps, the CPU's default)")
     p.add_argument("--keep", type=int, metavar="N", help="keep the last N checkpoints (default: 3, or the resumed run's)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic GPU kernels (XLA_FLAGS --xla_gpu_deterministic_ops=true; slower)")
@@ -141,7 +144,7 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         fit(config, out, overwrite=args.overwrite, resume=bool(args.resume), checkpoint_every=args.checkpoint_every,
-            keep=args.keep, progress=not args.no_progress)
+            keep=args.keep, checkpoint_every_steps=args.checkpoint_every_steps, progress=not args.no_progress)
     except C.ConfigError as e:
         return _fail(e, 2)
     except (DataError, RunDirError, CheckpointError) as e:
@@ -157,11 +160,14 @@ def main(argv=None) -> int:
 def _interrupted(run_dir: str) -> str:
     if not os.path.isfile(os.path.join(run_dir, "config.json")):
         return f"interrupted before {run_dir} was started: nothing to resume"
-    from dcgan_jax.checkpoints import RunCheckpoints
+    from dcgan_jax.checkpoints import RunCheckpoints, position
+    from dcgan_jax.outputs import read_config
+    steps_per_epoch = read_config(run_dir).steps_per_epoch
     checkpoints = RunCheckpoints(run_dir)
-    saved = checkpoints.epochs()
+    saved = checkpoints.latest(steps_per_epoch)
     checkpoints.close()
-    where = f"after epoch {saved[-1]}, its last checkpoint" if saved else "from epoch 1 (none was checkpointed)"
+    where = f"after {position(*saved, steps_per_epoch)}, its last checkpoint" if saved else \
+        "from epoch 1 (none was checkpointed)"
     return f"interrupted; python -m experiments.train --resume {run_dir} continues {where}"
 
 

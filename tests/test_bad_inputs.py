@@ -115,6 +115,9 @@ def test_corrupt_gzip(tmp_path, capsys):
     (["--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
     (["--checkpoint-every", "0"], "checkpoint_every=0: must be a positive integer"),
     (["--keep", "0"], "keep=0: must be a positive integer"),
+    (["--checkpoint-every-steps", "-1"], "checkpoint_every_steps=-1: must be a non-negative integer"),
+    (["--checkpoint-every-steps", "2", "--loop", "scan"],
+     "checkpoint_every_steps=2 needs loop 'steps': a scanned epoch runs as one program"),
     (["--beta2", "1.5"], "beta2=1.5: must lie in [0, 1)"),
     (["--seed", str(2 ** 32)], "seed=4294967296: must lie in [0, 2**32)"),   # a key holds 32 bits of it
     (["--seed", "-1"], "seed=-1: must lie in [0, 2**32)"),
@@ -268,7 +271,7 @@ def test_checkpoint_of_another_latent_size(finished_run):
     try:
         with pytest.raises(CheckpointError, match=r"g_params.layer1_0.conv.kernel has shape \(4, 4, 10, 256\), "
                                                   r"this config needs \(4, 4, 20, 256\)"):
-            ckpts._check_shapes(3, DataParallel().abstract(_abstract_state(config.replace(latent_dim=20))), run)
+            ckpts._check_shapes(ckpts.manager, 3, DataParallel().abstract(_abstract_state(config.replace(latent_dim=20))), run)
     finally:
         ckpts.close()
 
@@ -312,7 +315,7 @@ def test_no_intact_checkpoint_left(finished_run, tmp_path, capsys):
     for epoch in (1, 2, 3):
         corrupt(run, epoch)
     code, line = run_cli(["--resume", str(run), "--no-progress"], capsys)
-    assert code == 1 and "no intact checkpoint left (corrupt: epochs 3, 2, 1" in line
+    assert code == 1 and "no intact checkpoint left (corrupt: epoch 3, epoch 2, epoch 1;" in line
     assert sorted(os.listdir(run / "corrupt_checkpoints")) == ["epoch_1", "epoch_2", "epoch_3"]
     # Asked again, it must not start the finished run again over its files.
     before = snapshot(run)

@@ -159,12 +159,12 @@ FULL_DISK = textwrap.dedent("""
     state = create_train_state(config, jax.random.key(0))
     history = {"loss_d": np.zeros(3, np.float32)}
     ckpts = RunCheckpoints(sys.argv[1])
-    ckpts.save(1, state, [], history)
+    ckpts.save(1, state.replace(step=state.step + 3), [], history)
     # No file may grow past 64 KiB: the writes of the next checkpoint fail in tensorstore's C++.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, resource.RLIM_INFINITY))
     try:
-        ckpts.save(2, state.replace(step=state.step + 3), [], history)
+        ckpts.save(2, state.replace(step=state.step + 6), [], history)
     except WriteError as e:
         print("WriteError:", e)
     resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
@@ -201,3 +201,84 @@ def test_state_digest_sees_one_changed_element(states):
                                                                "kernel": kernel.at[0, 0].add(1e-7)}})
     assert state_digest(state) == state_digest(jax.tree.map(np.asarray, state))
     assert state_digest(changed) != state_digest(state)
+
+
+def steps_history(n):
+    return {k: np.arange(n, dtype=np.float32) + i for i, k in enumerate(("loss_d", "loss_g", "d_real", "d_fake"))}
+
+
+def mid_epoch_state(state, steps):
+    """`state` moved on by `steps` steps, with other parameters."""
+    return state.replace(step=state.step + steps, d_params=jax.tree.map(lambda p: p - 1, state.d_params))
+
+
+def test_a_mid_epoch_checkpoint_is_restored_while_newest_and_dropped_at_the_next_epoch_end(config, states, tmp_path):
+    ckpts = save_all(tmp_path, states[:1])                       # epoch 1 ends at step 3
+    mid = mid_epoch_state(states[0], 2)
+    ckpts.save(1, mid, records(1), steps_history(5), steps_in_epoch=2, num_examples=16)
+    assert os.listdir(tmp_path / "mid_epoch_checkpoint") == ["5"] and ckpts.epochs() == [1]
+    assert ckpts.latest(3) == (1, 2)
+    restored = ckpts.restore_latest(config, DataParallel().abstract, log=pytest.fail)
+    assert (restored.epoch, restored.steps_in_epoch) == (1, 2)
+    assert restored.position() == "step 2 of 3 of epoch 2"
+    assert leaves_equal(restored.state, mid) and restored.records == records(1)
+    assert all(np.array_equal(restored.history[k], v) for k, v in steps_history(5).items())
+
+    ckpts.save(2, states[1], records(2), history(2), num_examples=16)   # epoch 2's end supersedes it
+    assert not (tmp_path / "mid_epoch_checkpoint").exists() and ckpts.latest(3) == (2, 0)
+    restored = ckpts.restore_latest(config, DataParallel().abstract, log=pytest.fail)
+    assert (restored.epoch, restored.steps_in_epoch) == (2, 0) and leaves_equal(restored.state, states[1])
+    ckpts.save(2, mid_epoch_state(states[1], 1), records(2), steps_history(7), steps_in_epoch=1)
+    assert ckpts.latest(3) == (2, 1)   # a new mid-epoch checkpoint after its folder went
+    ckpts.close()
+
+
+def test_a_corrupt_mid_epoch_checkpoint_falls_back_to_the_epoch_before(config, states, tmp_path):
+    ckpts = save_all(tmp_path, states[:1])
+    ckpts.save(1, mid_epoch_state(states[0], 2), records(1), steps_history(5), steps_in_epoch=2)
+    folder = tmp_path / "mid_epoch_checkpoint" / "5" / "state"
+    victim = max((os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs), key=os.path.getsize)
+    with open(victim, "r+b") as f:
+        f.seek(os.path.getsize(victim) // 2)
+        f.write(b"\xff" * 8)
+    messages = []
+    restored = ckpts.restore_latest(config, DataParallel().abstract, log=messages.append)
+    assert (restored.epoch, restored.steps_in_epoch) == (1, 0) and leaves_equal(restored.state, states[0])
+    assert "checkpoint of step 2 of 3 of epoch 2 is corrupt" in messages[0], messages
+    assert "moved to corrupt_checkpoints/step_5" in messages[0]
+    ckpts.close()
+
+
+def test_a_checkpoint_whose_folder_disagrees_with_its_contents_is_not_used(config, states, tmp_path):
+    """The folder's step is where the run would continue: a renamed one would replay other batches."""
+    ckpts = save_all(tmp_path, states[:1])
+    ckpts.save(1, mid_epoch_state(states[0], 2), records(1), steps_history(5), steps_in_epoch=2)
+    ckpts.close()
+    os.rename(tmp_path / "mid_epoch_checkpoint" / "5", tmp_path / "mid_epoch_checkpoint" / "4")
+    ckpts, messages = RunCheckpoints(tmp_path), []
+    assert ckpts.restore_latest(config, DataParallel().abstract, log=messages.append).epoch == 1
+    assert "checkpoint of step 1 of 3 of epoch 2 is corrupt (its meta says step 2 of 3 of epoch 2" in messages[0]
+    ckpts.close()
+
+
+def test_an_interrupt_during_a_save_waits_for_the_save(config, states, tmp_path, monkeypatch):
+    """Cut short, a save leaves orbax's threads writing into a folder its cleanup removes."""
+    import signal
+    ckpts = save_all(tmp_path, states[:1])
+    original = ckpts.manager.save
+
+    def interrupted_save(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)   # handled at the interpreter's next check, inside the save
+        return original(*args, **kwargs)
+    monkeypatch.setattr(ckpts.manager, "save", interrupted_save)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # what a plain script has
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with checkpoints.signals_deferred():
+                ckpts.save(2, states[1], records(2), history(2))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert ckpts.epochs() == [1, 2] and (tmp_path / "checkpoints" / "2" / checkpoints.MANIFEST).is_file()
+    restored = ckpts.restore_latest(config, DataParallel().abstract, log=pytest.fail)
+    assert restored.epoch == 2 and leaves_equal(restored.state, states[1])
+    ckpts.close()

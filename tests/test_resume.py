@@ -17,7 +17,7 @@ from dcgan_jax import outputs, preset, run
 from dcgan_jax.checkpoints import RunCheckpoints
 from dcgan_jax.parallel import DataParallel
 from dcgan_jax.run import fit, resume_config
-from experiments.train import main
+from experiments.train import _interrupted, main
 
 # slow: real training processes, killed and resumed
 pytestmark = [pytest.mark.filterwarnings("ignore:.*not the genuine MNIST"), pytest.mark.slow]
@@ -86,6 +86,31 @@ def kill_when(proc, ready, delay=0.0, timeout=300, sig=signal.SIGKILL):
     return proc.stdout.read()
 
 
+def signal_after_line(proc, text, sig):
+    """Send `sig` to `proc` as soon as it prints a line containing `text`; its whole output."""
+    log = []
+    for line in proc.stdout:
+        log.append(line)
+        if text in line:
+            proc.send_signal(sig)
+            break
+    log.append(proc.stdout.read())
+    proc.wait()
+    return "".join(log)
+
+
+def assert_same_run(out, reference):
+    """The same final state, weights, per-epoch and per-step metrics (but the timings)."""
+    assert final_meta(out)["state_sha256"] == final_meta(reference)["state_sha256"]
+    for name in ("generator.msgpack", "discriminator.msgpack"):
+        assert read_bytes(out, name) == read_bytes(reference, name)
+    assert metrics_without_seconds(out) == metrics_without_seconds(reference)
+    assert [r["epoch"] for r in metrics_without_seconds(out)] == [1, 2, 3]
+    steps, ref_steps = np.load(os.path.join(out, "step_metrics.npz")), np.load(os.path.join(reference, "step_metrics.npz"))
+    assert all(np.array_equal(steps[k], ref_steps[k]) for k in ref_steps.files)
+    assert not os.path.exists(os.path.join(out, "mid_epoch_checkpoint"))   # superseded by the epochs' ends
+
+
 def lines(run_dir):
     path = os.path.join(run_dir, "metrics.jsonl")
     return open(path).read().count("\n") if os.path.exists(path) else 0
@@ -119,19 +144,21 @@ def test_killed_mid_epoch_and_mid_save_resumes_bit_identical(reference, data_dir
     assert second.returncode == -signal.SIGKILL
     assert RunCheckpoints(out).epochs() == [1], f"a half-written checkpoint looks valid\n{log}"
 
-    # 3: resumed to the end.
+    # 3: resumed, and SIGTERM once it trains: it lands in epoch 2's steps or its save, and the
+    # state after the last step it completed is saved (or already was) before the one line.
     third = cli(["--resume", out], compile_cache)
-    log = third.communicate()[0]
-    assert third.returncode == 0, log
-    assert "resuming" in log and "after epoch 1" in log, log
+    log = signal_after_line(third, "epochs 2..3", signal.SIGTERM)
+    assert third.returncode == 143, log
+    assert log.splitlines()[-1].startswith(f"error: interrupted; python -m experiments.train --resume {out} "
+                                           f"continues after "), log
 
-    assert final_meta(out)["state_sha256"] == final_meta(reference)["state_sha256"]
-    for name in ("generator.msgpack", "discriminator.msgpack"):
-        assert read_bytes(out, name) == read_bytes(reference, name)
-    assert metrics_without_seconds(out) == metrics_without_seconds(reference)
-    assert [r["epoch"] for r in metrics_without_seconds(out)] == [1, 2, 3]
-    steps, ref_steps = np.load(os.path.join(out, "step_metrics.npz")), np.load(os.path.join(reference, "step_metrics.npz"))
-    assert all(np.array_equal(steps[k], ref_steps[k]) for k in ref_steps.files)
+    # 4: resumed to the end.
+    fourth = cli(["--resume", out], compile_cache)
+    log = fourth.communicate()[0]
+    assert fourth.returncode == 0, log
+    assert "resuming" in log, log
+
+    assert_same_run(out, reference)
     assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["2", "3"]  # keep 2, no leftovers
 
     # A finished run is not trained again (in this process: nothing to compile).
@@ -144,6 +171,63 @@ def test_killed_mid_epoch_and_mid_save_resumes_bit_identical(reference, data_dir
 
 def interrupted(*args):
     raise KeyboardInterrupt
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: no interrupt handling runs."""
+
+
+def stop_after(monkeypatch, steps, exception):
+    """fit's epochs raise `exception` right after the run's `steps`-th step."""
+    original, done = run.train_epoch, []
+
+    def train_epoch(*args, on_step, **kwargs):
+        def counted(i, state, metrics):
+            on_step(i, state, metrics)
+            done.append(i)
+            if len(done) == steps:
+                raise exception
+        return original(*args, on_step=counted, **kwargs)
+    monkeypatch.setattr(run, "train_epoch", train_epoch)
+
+
+def saved_positions(run_dir):
+    ckpts = RunCheckpoints(run_dir)
+    try:
+        return ckpts.epochs(), ckpts.mid_epoch_steps()
+    finally:
+        ckpts.close()
+
+
+def test_ctrl_c_mid_epoch_saves_the_last_step_and_the_resumed_run_ends_bit_identical(
+        reference, data_dir, tmp_path, monkeypatch):
+    out, log = str(tmp_path / "run"), []
+    stop_after(monkeypatch, 5, KeyboardInterrupt())   # after step 2 of epoch 2 (of 3 steps)
+    with pytest.raises(KeyboardInterrupt):
+        fit(preset("quick", data_dir=data_dir, **RUN), out, progress=False, log=log.append)
+    assert log[-1] == "interrupted; saved the state after step 2 of 3 of epoch 2 (--resume continues from there)"
+    assert saved_positions(out) == ([1], [5])
+    assert _interrupted(out) == (f"interrupted; python -m experiments.train --resume {out} continues after step 2 "
+                                 f"of 3 of epoch 2, its last checkpoint")   # the CLI's line
+    monkeypatch.undo()
+    log.clear()
+    fit(resume_config(out), out, resume=True, progress=False, log=log.append)
+    assert f"resuming {out} after step 2 of 3 of epoch 2 (step 5)" in log
+    assert_same_run(out, reference)
+
+
+def test_checkpoint_every_steps_keeps_the_work_of_a_killed_epoch(reference, data_dir, tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    stop_after(monkeypatch, 5, Killed())
+    with pytest.raises(Killed):
+        fit(preset("quick", data_dir=data_dir, **RUN), out, checkpoint_every_steps=2, progress=False,
+            log=lambda _: None)
+    # step 2 of epoch 1 was saved, then superseded by epoch 1's end; step 2 of epoch 2 is the newest
+    assert saved_positions(out) == ([1], [5])
+    monkeypatch.undo()
+    fit(resume_config(out), out, resume=True, progress=False, log=lambda _: None)
+    assert_same_run(out, reference)
+    assert outputs.read_run_info(out)["checkpoint_every_steps"] == 2   # the resumed run's, kept
 
 
 def test_ctrl_c_during_the_start_up_leaves_a_run_that_resume_starts_again(data_dir, tmp_path, capsys, monkeypatch):
@@ -178,7 +262,7 @@ def test_the_start_up_does_not_wait_for_its_compilations_once_interrupted(data_d
     config = preset("quick", data_dir=data_dir, **RUN)
     try:
         with pytest.raises(KeyboardInterrupt):
-            run._start(config, dp, run.load_train_data(config), None, 1, "steps")
+            run._start(config, dp, run.load_train_data(config), None, 1, 0, "steps")
         assert not compiled.is_set()
     finally:
         release.set()

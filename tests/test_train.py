@@ -51,24 +51,34 @@ def test_train_step_is_pure_key_driven_and_counts_d_steps(state, images):
 
 
 @pytest.mark.slow
-def test_scanned_epoch_equals_loop_of_steps(images):
+def test_scanned_epoch_equals_loop_of_steps_and_a_resumed_epoch_its_rest(images):
     """Same batches and keys either way. Different programs round differently in float32, so
-    compare in float64 (docs/tutorial.md#parity-notes)."""
+    compare in float64 (docs/tutorial.md#parity-notes). An epoch started at step k (a run resumed
+    mid-epoch) runs exactly the whole epoch's steps k.. from the state after step k - 1."""
     with jax.enable_x64(True):
-        config = Config(batch_size=4, steps_per_epoch=2, dtype="float64").for_dataset(32)
+        config = Config(batch_size=4, steps_per_epoch=3, dtype="float64").for_dataset(32)
         state = create_train_state(config, jax.random.key(0))
         key = jax.random.key(3)
-        looped, m_loop = train_epoch(state, images, key, loop="steps")
+        after = {}
+        looped, m_loop = train_epoch(state, images, key, loop="steps", on_step=lambda i, s, m: after.setdefault(i, s))
         from dcgan_jax.train import epoch_plan
-        idx, keys = epoch_plan(key, 32, 2, 4)
+        idx, keys = epoch_plan(key, 32, 3, 4)
         manual = state
-        for i in range(2):
+        for i in range(3):
             manual, _ = train_step(manual, images[idx[i]], keys[i])
+            assert leaves_equal(after[i], manual)      # on_step gets the state after step i
         assert leaves_equal(looped, manual)            # the loop is exactly these train_step calls
+        rest, m_rest = train_epoch(after[0], images, key, loop="steps", start=1)
+        assert leaves_equal(rest, looped)
+        assert leaves_equal(m_rest, jax.tree.map(lambda m: m[1:], m_loop))
         scanned, m_scan = train_epoch(state, images, key, loop="scan")
-        for a, b in zip(jax.tree.leaves((looped, m_loop)), jax.tree.leaves((scanned, m_scan))):
+        scanned_rest, m_scan_rest = train_epoch(after[0], images, key, loop="scan", start=1)
+        for a, b in zip(jax.tree.leaves((looped, m_loop, looped, jax.tree.map(lambda m: m[1:], m_loop))),
+                        jax.tree.leaves((scanned, m_scan, scanned_rest, m_scan_rest))):
             # a wrong batch or key moves values by ~1e-2; float64 rounding, up to ~2e-12 near 0
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+        with pytest.raises(ValueError, match="start=3: an epoch has steps 0..2"):
+            train_epoch(state, images, key, start=3)
 
 
 def test_step_lr_schedule_matches_steplr():
