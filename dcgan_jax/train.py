@@ -4,6 +4,7 @@ Every function here is deterministic given its inputs; all randomness comes from
 in, split explicitly. The static half of the state (`config`) rides in the pytree's treedef, so
 `train_step(state, real_batch, key)` needs no other argument and recompiles only if it changes.
 """
+import atexit
 import functools
 from typing import Any, Callable, Optional
 
@@ -225,6 +226,7 @@ def train_step(state: TrainState, real_batch, key):
     key: the noise for this iteration is drawn from it (split across the d_steps fake batches).
     metrics: loss_d, loss_g, d_real (mean D(x)), d_fake (mean D(G(z)) in the D step), float32.
     """
+    _wait_at_exit()
     return jitted_train_step(state, real_batch, key)
 
 
@@ -295,6 +297,7 @@ def train_epoch(state: TrainState, images, key, loop: Optional[str] = None,
     mid-epoch). In "steps" mode `on_step(i, state, metrics)` is called after each step i with
     the state after it.
     """
+    _wait_at_exit()
     cfg = state.config
     if not 0 <= start < cfg.steps_per_epoch:
         raise ValueError(f"start={start}: an epoch has steps 0..{cfg.steps_per_epoch - 1}")
@@ -336,7 +339,21 @@ def generator_output(config: Config, generator_variables, z, bn: str = "batch", 
 
 def generate(state: TrainState, z, bn: str = "batch", unit_range: bool = False):
     """G(z) from a train state, without touching it; see generator_output."""
+    _wait_at_exit()
     return generator_output(state.config, state.generator_variables, z, bn, unit_range)
+
+
+@functools.cache
+def _wait_at_exit():
+    """Make the interpreter's exit wait for the programs still running on JAX's default backend.
+
+    JAX dispatches asynchronously: a script whose last line dispatches an epoch or samples exits
+    while XLA's threads still run them, and the C++ runtime torn down under a running program
+    crashes the process (SIGSEGV). Registered on the first call of train_step, train_epoch or
+    generate, so a process that never computed starts no backend at exit, and after JAX's own
+    exit hooks, so that it runs before them (atexit runs the last registered first).
+    """
+    atexit.register(lambda: jax.block_until_ready(jax.live_arrays()))
 
 
 def to_unit_range(images, config: Config):
