@@ -353,7 +353,15 @@ def _wait_at_exit():
     generate, so a process that never computed starts no backend at exit, and after JAX's own
     exit hooks, so that it runs before them (atexit runs the last registered first).
     """
-    atexit.register(lambda: jax.block_until_ready(jax.live_arrays()))
+    atexit.register(_finish_queued_work)
+
+
+def _finish_queued_work():
+    for array in jax.live_arrays():
+        try:
+            array.block_until_ready()
+        except Exception:  # a program that failed (out of memory) has nothing left to run
+            pass
 
 
 def to_unit_range(images, config: Config):
