@@ -12,7 +12,8 @@ Layout (all paths relative to the run directory):
   mid_epoch_checkpoint/<step>/  the same, after a step inside an epoch (interrupt, every N steps)
   corrupt_checkpoints/      checkpoints found damaged on resume, moved here rather than deleted
   .dcgan_jax_run            written when this program creates the folder: the proof that
-                            --overwrite may move it aside (to RUN_DIR.old-N; nothing is deleted)
+                            --overwrite may move it aside (to RUN_DIR.old-N; nothing is deleted),
+                            and that a start which checkpointed nothing may be removed
   .dcgan_jax_lock           flock'ed by the one process using the run directory
 Every file is written to a temporary name and renamed into place, so none is ever half-written;
 a write that fails (no space left) raises WriteError naming the file and leaves the old version.
@@ -145,6 +146,51 @@ def run_dir_lock(path: str):
         yield
     finally:
         os.close(fd)
+
+
+START = {MARKER, LOCK, "config.json", "checkpoints"}   # all a run holds before its first checkpoint
+
+
+def remove_unstarted_run(path: str, remove_folder: bool = True) -> bool:
+    """Undo the start of a run that checkpointed nothing (stopped by an out-of-memory error).
+
+    Removes what prepare_run_dir and the start wrote, the marker, the lock file, config.json and an
+    empty checkpoints/, and then, if `remove_folder` (the caller created the folder), the folder.
+    Returns False, changing nothing, unless the folder is provably such a start: marked as ours,
+    holding nothing else (no link among its entries), and not in use by another process.
+    """
+    real = os.path.realpath(path)
+    if not _unstarted(real):
+        return False
+    try:
+        with run_dir_lock(real):
+            if not _unstarted(real):  # taken up by another process before the lock was ours
+                return False
+            if os.path.isdir(os.path.join(real, "checkpoints")):
+                os.rmdir(os.path.join(real, "checkpoints"))
+            for name in ("config.json", MARKER, LOCK):
+                if os.path.lexists(os.path.join(real, name)):
+                    os.remove(os.path.join(real, name))
+    except (RunDirError, OSError):
+        return False
+    if remove_folder:
+        with contextlib.suppress(OSError):  # written into meanwhile: it stays
+            os.rmdir(real)
+    return True
+
+
+def _unstarted(real: str) -> bool:
+    try:
+        names = set(os.listdir(real))
+        if not is_marked(real) or names - START:
+            return False
+        for name in names:
+            entry = os.path.join(real, name)
+            if os.path.islink(entry) or os.path.isdir(entry) != (name == "checkpoints"):
+                return False
+        return "checkpoints" not in names or not os.listdir(os.path.join(real, "checkpoints"))
+    except OSError:
+        return False
 
 
 def check_resumable(path: str):

@@ -12,9 +12,10 @@ newest intact checkpoint with its own config (only --epochs, --data-dir, --tfds-
 --kernels, --checkpoint-every, --checkpoint-every-steps and --keep may be given again).
 The batch is split across all devices; --distributed first joins the processes of a multi-host run.
 
-Exit status: 0 done, 1 runtime error (data, run dir, checkpoint, a failed write), 2 bad flag or config
-(a resume conflict included), 3 training diverged, 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM:
-an interrupted run first checkpoints the last step it completed, and --resume continues from there.
+Exit status: 0 done, 1 runtime error (data, run dir, checkpoint, a failed write, out of memory: a new
+run that checkpointed nothing leaves no run dir), 2 bad flag or config (a resume conflict included),
+3 training diverged, 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM: an interrupted run first
+checkpoints the last step it completed, and --resume continues from there.
 """
 from experiments import interrupts  # first: a signal during the imports below ends the script too
 
@@ -28,11 +29,14 @@ import sys
 import time
 import typing
 
+import jax
+
 from dcgan_jax import config as C
 from experiments.common import add_cpu_memory_reuse_flag, apply_cpu_memory_reuse, check_cpu_memory_reuse
 
 CHOICES = {"order": C.ORDERS, "dtype": C.DTYPES, "data_range": C.DATA_RANGES, "loop": C.LOOPS,
            "kernels": C.KERNELS, "samples_bn": C.SAMPLE_BN}
+SIZES = "--batch-size, --num-samples or --latent-dim"   # the flags that set the memory a run needs
 HELP = {
     "latent_dim": "size of z", "dtype": "compute dtype (params stay float32; float64 enables x64)",
     "order": "alternation: d_then_g, or the tutorial's g_then_d", "d_steps": "D updates per G update",
@@ -116,7 +120,7 @@ def main(argv=None) -> int:
         return _fail(f"--preset {args.preset} with --resume: a resumed run keeps the config it was made with", 2)
     from dcgan_jax.checkpoints import CheckpointError
     from dcgan_jax.data import DataError
-    from dcgan_jax.outputs import RunDirError
+    from dcgan_jax.outputs import RunDirError, remove_unstarted_run
     from dcgan_jax.run import TrainingDiverged, fit, resume_config
     preset = args.preset or "default"
     try:
@@ -126,7 +130,6 @@ def main(argv=None) -> int:
     except RunDirError as e:
         return _fail(e, 1)
     if config.dtype == "float64":
-        import jax
         jax.config.update("jax_enable_x64", True)
     if args.distributed:
         from dcgan_jax.parallel import initialize_distributed
@@ -141,6 +144,7 @@ def main(argv=None) -> int:
         enable_compile_cache(args.compile_cache)
     apply_cpu_memory_reuse(args)  # starts the backends: after every setting they read
     out = args.resume or args.out or f"runs/{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder_before = _folder_identity(out)
     start = time.perf_counter()
     try:
         fit(config, out, overwrite=args.overwrite, resume=bool(args.resume), checkpoint_every=args.checkpoint_every,
@@ -151,10 +155,41 @@ def main(argv=None) -> int:
         return _fail(e, 1)
     except TrainingDiverged as e:
         return _fail(e, 3)
+    except (jax.errors.JaxRuntimeError, MemoryError) as e:
+        if not (memory := _out_of_memory(e)):
+            raise
+        if args.resume:
+            return _fail(f"{memory}: {out} is kept; its {SIZES} need more memory than there is", 1)
+        if jax.process_index() == 0:  # the new run's folder goes, if nothing was checkpointed in it
+            remove_unstarted_run(out, remove_folder=_folder_identity(out) != folder_before)
+        return _fail(f"{memory}: reduce {SIZES}", 1)
     except KeyboardInterrupt:
         return _fail(_interrupted(out), interrupts.status())
     print(f"done in {time.perf_counter() - start:.1f}s: {out}")
     return 0
+
+
+def _out_of_memory(e: Exception) -> typing.Optional[str]:
+    """What ran out, for an allocation that failed (XLA's error on the device: RESOURCE_EXHAUSTED,
+    or INTERNAL when it surfaces after dispatch; a MemoryError on the host), with the error's first
+    line; None for any other error."""
+    text = str(e).strip().splitlines()
+    first = text[0][:200].rstrip(".") if text else type(e).__name__
+    if isinstance(e, MemoryError):
+        return f"out of host memory ({first})"
+    if "RESOURCE_EXHAUSTED" in first or "out of memory" in first.lower():
+        return f"out of memory on the {jax.default_backend()} device ({first})"
+    return None
+
+
+def _folder_identity(path: str) -> typing.Optional[tuple]:
+    """Which folder `path` is, if any: a different one after fit() means fit() created it (a new
+    path, or an old run moved aside by --overwrite)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _interrupted(run_dir: str) -> str:

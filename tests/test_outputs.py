@@ -170,6 +170,67 @@ def test_the_lock_is_released_on_exit_and_on_error(tmp_path):
         pass
 
 
+# --- a start that checkpointed nothing (out of memory) -----------------------------------------
+
+def started_run(path):
+    """What a run's start writes before its first checkpoint (run.fit): marker, lock, config, checkpoints/."""
+    prepare_run_dir(str(path))
+    with run_dir_lock(str(path)):
+        (path / "config.json").write_text("{}")
+        (path / "checkpoints").mkdir()
+    return path
+
+
+def test_a_start_that_checkpointed_nothing_is_removed(tmp_path):
+    assert outputs.remove_unstarted_run(str(started_run(tmp_path / "run")))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_folder_the_caller_did_not_create_is_emptied_of_the_start_only(tmp_path):
+    run = started_run(tmp_path / "run")
+    assert outputs.remove_unstarted_run(str(run), remove_folder=False)
+    assert run.is_dir() and os.listdir(run) == []
+
+
+def test_a_linked_run_dir_loses_its_start_and_keeps_its_link(tmp_path):
+    run = started_run(tmp_path / "run")
+    (tmp_path / "link").symlink_to(run)
+    assert outputs.remove_unstarted_run(str(tmp_path / "link"))
+    assert os.listdir(tmp_path) == ["link"] and os.path.islink(tmp_path / "link")
+
+
+@pytest.mark.parametrize("change", ["no marker", "a checkpoint", "metrics", "a file of the user's",
+                                    "a linked config", "checkpoints a file"])
+def test_anything_but_an_unstarted_run_of_ours_is_left_untouched(tmp_path, change):
+    run = started_run(tmp_path / "run")
+    if change == "no marker":
+        (run / outputs.MARKER).unlink()
+    elif change == "a checkpoint":
+        (run / "checkpoints" / "1").mkdir()
+    elif change == "metrics":
+        (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    elif change == "a file of the user's":
+        (run / "notes.txt").write_text("mine")
+    elif change == "a linked config":
+        (tmp_path / "my_config.json").write_text("{}")
+        (run / "config.json").unlink()
+        (run / "config.json").symlink_to(tmp_path / "my_config.json")
+    else:
+        (run / "checkpoints").rmdir()
+        (run / "checkpoints").write_text("mine")
+    before = sorted(os.listdir(run)), snapshot(tmp_path)
+    assert not outputs.remove_unstarted_run(str(run))
+    assert (sorted(os.listdir(run)), snapshot(tmp_path)) == before
+
+
+def test_a_start_in_use_by_another_process_is_left_untouched(tmp_path):
+    run = started_run(tmp_path / "run")
+    before = snapshot(run)
+    with run_dir_lock(str(run)):  # a second open file: flock refuses it as it would another process
+        assert not outputs.remove_unstarted_run(str(run))
+    assert snapshot(run) == before and (run / "checkpoints").is_dir()
+
+
 # --- failed writes ------------------------------------------------------------------------------
 
 def no_space(*args, **kwargs):
