@@ -7,6 +7,11 @@ $PARITY_TUTORIAL_PTH) is compared too when given; it is read before anything els
 Exit status: 0 every row passes, 1 a row fails or the --pth file cannot be read, 2 bad arguments,
 130 interrupted (SIGINT), 143 terminated (SIGTERM).
 """
+from experiments import interrupts  # first: a signal while torch and JAX import ends the check too
+
+if __name__ == "__main__":
+    interrupts.install()
+
 import argparse
 import math
 import os
@@ -83,4 +88,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    interrupts.exit_with(main)

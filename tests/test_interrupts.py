@@ -1,5 +1,6 @@
-"""SIGINT and SIGTERM at any moment of the CLI, from its first import on: status 130 or 143, one
-line, no traceback, and a run directory that --resume or --out can take up again."""
+"""SIGINT and SIGTERM at any moment of the CLI and of the parity check, from their first import on:
+status 130 or 143, one line, no traceback, and a run directory that --resume or --out can take up
+again."""
 import os
 import signal
 import subprocess
@@ -14,22 +15,28 @@ from dcgan_jax import outputs
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def signalled(args, delay: float, signum: int):
+    """(exit status, stderr) of `python ARGS` run in the repository and sent `signum` after `delay` s."""
+    env = dict(os.environ, DCGAN_JAX_COMPILE_CACHE="off", PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable] + args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 @pytest.mark.parametrize("delay", [0.2, 4.0])  # importing jax; loading or compiling
 def test_a_signal_at_any_moment_ends_the_cli_with_one_line(tmp_path, signum, status, delay):
     data = make_idx_dir(tmp_path / "mnist", n_train=16, n_test=4)
     out = str(tmp_path / "run")
-    env = dict(os.environ, DCGAN_JAX_COMPILE_CACHE="off", PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.train", "--preset", "quick", "--batch-size", "4",
-                             "--steps-per-epoch", "3", "--data-dir", data, "--out", out, "--no-progress"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(delay)
-    proc.send_signal(signum)
-    _, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
+    code, err = signalled(["-m", "experiments.train", "--preset", "quick", "--batch-size", "4", "--steps-per-epoch",
+                           "3", "--data-dir", data, "--out", out, "--no-progress"], delay, signum)
+    if code == 0:
         pytest.skip("the run finished before the signal")  # a very fast machine
-    assert proc.returncode == status, err
+    assert code == status, err
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "interrupted" in errors[0], err
@@ -37,6 +44,12 @@ def test_a_signal_at_any_moment_ends_the_cli_with_one_line(tmp_path, signum, sta
         outputs.check_resumable(out)          # --resume takes it
     else:
         assert outputs.prepare_run_dir(out) is None  # --out takes it, nothing to move aside
+
+
+@pytest.mark.parametrize("signum,status,delay", [(signal.SIGINT, 130, 0.3), (signal.SIGINT, 130, 2.0),
+                                                 (signal.SIGTERM, 143, 2.0)])  # while jax, then torch, import
+def test_a_signal_while_the_parity_check_imports_ends_it_with_one_line(signum, status, delay):
+    assert signalled(["-m", "parity.check"], delay, signum) == (status, "error: interrupted\n")
 
 
 WRAPPED = """
