@@ -24,6 +24,7 @@ from .config import Config, ConfigError
 from .data import Dataset, load_mnist
 from .parallel import DataParallel
 from .kernels import resolve as resolve_kernels
+from .runtime import out_of_memory
 from .train import (TrainState, create_train_state, epoch_key, generate, generator_output, learning_rate, noise,
                     resolve_loop, run_keys, train_epoch)
 
@@ -86,7 +87,8 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
     An interrupt (KeyboardInterrupt) checkpoints the state after the last completed step, then
     propagates.
     Everything that can be checked (config, data, run dir, devices) is checked before anything
-    is written. `parallel` defaults to a DataParallel over all devices.
+    is written. `parallel` defaults to a DataParallel over all devices. A new run that runs out of
+    memory before its first checkpoint leaves no run directory.
     """
     config = _absolute_paths(config.validate())
     if resume and overwrite:
@@ -110,21 +112,31 @@ def fit(config: Config, run_dir: str, *, overwrite: bool = False, resume: bool =
     dp.check_batch_size(config.batch_size)
     primary = jax.process_index() == 0
     log = log if primary else (lambda _: None)
+    made_folder = False
     if not resume and primary:
         protected = (config.data_dir, config.tfds_data_dir, jax.config.jax_compilation_cache_dir)
+        existed = os.path.isdir(run_dir)
         moved = outputs.prepare_run_dir(run_dir, overwrite, protected=[p for p in protected if p and "://" not in p])
+        made_folder = not existed or moved is not None
         if moved:
             log(f"moved the previous run in {run_dir} aside to {moved}")
     _sync("run dir ready")
 
-    with outputs.run_dir_lock(run_dir) if primary else contextlib.nullcontext():
-        checkpoints = RunCheckpoints(run_dir, keep)
-        try:
-            return _fit(config, run_dir, data, dp, checkpoints, resume,
-                        dict(checkpoint_every=checkpoint_every, keep=keep, checkpoint_every_steps=every_steps),
-                        progress, log)
-        finally:  # orbax's threads, left open, print tracebacks at exit
-            checkpoints.close()
+    try:
+        with outputs.run_dir_lock(run_dir) if primary else contextlib.nullcontext():
+            checkpoints = RunCheckpoints(run_dir, keep)
+            try:
+                return _fit(config, run_dir, data, dp, checkpoints, resume,
+                            dict(checkpoint_every=checkpoint_every, keep=keep, checkpoint_every_steps=every_steps),
+                            progress, log)
+            finally:  # orbax's threads, left open, print tracebacks at exit
+                checkpoints.close()
+    except Exception as e:
+        # A new run too large for the memory leaves no folder to clean up (runtime.out_of_memory
+        # names what ran out): only a start that checkpointed nothing, provably ours, goes.
+        if not resume and primary and out_of_memory(e):
+            outputs.remove_unstarted_run(run_dir, remove_folder=made_folder)
+        raise
 
 
 def _fit(config: Config, run_dir: str, data: Dataset, dp: DataParallel, checkpoints: RunCheckpoints, resume: bool,
@@ -166,8 +178,8 @@ def _fit(config: Config, run_dir: str, data: Dataset, dp: DataParallel, checkpoi
     start, first_step = (restored.epoch + 1, restored.steps_in_epoch) if restored else (1, 0)
     finished = start > config.epochs
     done = finished and all(os.path.exists(os.path.join(run_dir, f)) for f in FINAL_FILES)
-    # Written before the start-up's compilations: a run stopped during them (Ctrl-C, out of
-    # memory) is then one that --resume starts again, not a folder only --overwrite can reuse.
+    # Written before the start-up's compilations: a run stopped during them (Ctrl-C) is then one
+    # that --resume starts again, not a folder only --overwrite can reuse.
     if primary and not done:
         outputs.write_config(run_dir, config, data_source=data.source, genuine_mnist=data.genuine,
                              backend=jax.default_backend(), devices=jax.device_count(),

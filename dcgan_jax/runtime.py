@@ -83,3 +83,16 @@ def reuse_cpu_memory() -> bool:
     libc = ctypes.CDLL(None)
     no_mmap = libc.mallopt(_M_MMAP_MAX, 0) == 1
     return libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED_BYTES) == 1 and no_mmap
+
+
+def out_of_memory(e: BaseException) -> Optional[str]:
+    """What ran out, with the error's first line, if `e` is a failed allocation: XLA's on a device
+    (RESOURCE_EXHAUSTED, or INTERNAL 'Out of memory' when it surfaces after dispatch) or a
+    MemoryError on the host; None for any other error."""
+    text = str(e).strip().splitlines()
+    first = text[0][:200].rstrip(".") if text else type(e).__name__
+    if isinstance(e, MemoryError):
+        return f"out of host memory ({first})"
+    if isinstance(e, jax.errors.JaxRuntimeError) and ("RESOURCE_EXHAUSTED" in first or "out of memory" in first.lower()):
+        return f"out of memory on the {jax.default_backend()} device ({first})"
+    return None

@@ -120,8 +120,9 @@ def main(argv=None) -> int:
         return _fail(f"--preset {args.preset} with --resume: a resumed run keeps the config it was made with", 2)
     from dcgan_jax.checkpoints import CheckpointError
     from dcgan_jax.data import DataError
-    from dcgan_jax.outputs import RunDirError, remove_unstarted_run
+    from dcgan_jax.outputs import RunDirError
     from dcgan_jax.run import TrainingDiverged, fit, resume_config
+    from dcgan_jax.runtime import out_of_memory
     preset = args.preset or "default"
     try:
         config = resume_config(args.resume, **overrides) if args.resume else C.preset(preset, **overrides)
@@ -144,7 +145,6 @@ def main(argv=None) -> int:
         enable_compile_cache(args.compile_cache)
     apply_cpu_memory_reuse(args)  # starts the backends: after every setting they read
     out = args.resume or args.out or f"runs/{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    folder_before = _folder_identity(out)
     start = time.perf_counter()
     try:
         fit(config, out, overwrite=args.overwrite, resume=bool(args.resume), checkpoint_every=args.checkpoint_every,
@@ -156,40 +156,15 @@ def main(argv=None) -> int:
     except TrainingDiverged as e:
         return _fail(e, 3)
     except (jax.errors.JaxRuntimeError, MemoryError) as e:
-        if not (memory := _out_of_memory(e)):
+        if not (memory := out_of_memory(e)):
             raise
         if args.resume:
             return _fail(f"{memory}: {out} is kept; its {SIZES} need more memory than there is", 1)
-        if jax.process_index() == 0:  # the new run's folder goes, if nothing was checkpointed in it
-            remove_unstarted_run(out, remove_folder=_folder_identity(out) != folder_before)
-        return _fail(f"{memory}: reduce {SIZES}", 1)
+        return _fail(f"{memory}: reduce {SIZES}", 1)   # fit removed the run dir it had started
     except KeyboardInterrupt:
         return _fail(_interrupted(out), interrupts.status())
     print(f"done in {time.perf_counter() - start:.1f}s: {out}")
     return 0
-
-
-def _out_of_memory(e: Exception) -> typing.Optional[str]:
-    """What ran out, for an allocation that failed (XLA's error on the device: RESOURCE_EXHAUSTED,
-    or INTERNAL when it surfaces after dispatch; a MemoryError on the host), with the error's first
-    line; None for any other error."""
-    text = str(e).strip().splitlines()
-    first = text[0][:200].rstrip(".") if text else type(e).__name__
-    if isinstance(e, MemoryError):
-        return f"out of host memory ({first})"
-    if "RESOURCE_EXHAUSTED" in first or "out of memory" in first.lower():
-        return f"out of memory on the {jax.default_backend()} device ({first})"
-    return None
-
-
-def _folder_identity(path: str) -> typing.Optional[tuple]:
-    """Which folder `path` is, if any: a different one after fit() means fit() created it (a new
-    path, or an old run moved aside by --overwrite)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def _interrupted(run_dir: str) -> str:

@@ -38,7 +38,13 @@ def readme_snippet() -> str:
     return match.group(1)
 
 
-def run_script(tmp_path, source: str):
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """One persistent compilation cache for both scripts: the second loads what the first compiled."""
+    return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def run_script(tmp_path, source: str, cache: str):
     """Run `source` as a script whose ../shared/data/mnist is a tiny IDX set the quick preset fits."""
     config = dcgan_jax.preset("quick")
     make_idx_dir(tmp_path / "shared" / "data" / "mnist", n_train=config.batch_size * config.steps_per_epoch,
@@ -47,16 +53,17 @@ def run_script(tmp_path, source: str):
     work.mkdir()
     script = work / "snippet.py"
     script.write_text(source)
-    env = dict(os.environ, PYTHONPATH=REPO, PYTHONWARNINGS="ignore")  # this checkout's dcgan_jax
+    env = dict(os.environ, PYTHONPATH=REPO, PYTHONWARNINGS="ignore",  # this checkout's dcgan_jax
+               JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     return subprocess.run([sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True,
                           timeout=300)
 
 
 @pytest.mark.slow
-def test_the_readme_api_snippet_runs_verbatim_as_a_script(tmp_path):
+def test_the_readme_api_snippet_runs_verbatim_as_a_script(tmp_path, compile_cache):
     source = readme_snippet()
     assert source.rstrip().endswith(BLOCK), "the snippet should end by blocking on its results"
-    proc = run_script(tmp_path, source + CHECK)
+    proc = run_script(tmp_path, source + CHECK, compile_cache)
     assert_clean_exit(proc)
     config = dcgan_jax.preset("quick")
     steps = 1 + config.epochs * config.steps_per_epoch  # its train_step, then the epochs
@@ -64,9 +71,9 @@ def test_the_readme_api_snippet_runs_verbatim_as_a_script(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_script_ending_with_xla_work_still_queued_exits_cleanly(tmp_path):
+def test_a_script_ending_with_xla_work_still_queued_exits_cleanly(tmp_path, compile_cache):
     source = readme_snippet().replace(BLOCK, "")
-    proc = run_script(tmp_path, source + MORE_WORK)
+    proc = run_script(tmp_path, source + MORE_WORK, compile_cache)
     assert_clean_exit(proc)
     assert "RESULT (1024, 28, 28, 1)" in proc.stdout.splitlines(), proc.stdout
 
