@@ -11,7 +11,7 @@ SAMPLE_BN = ("batch", "running")
 KERNELS = ("auto", "flax", "xla", "cpu")   # dcgan_jax/kernels.py
 
 
-MAX_EPOCHS, MAX_SAMPLES = 100_000, 10_000
+MAX_EPOCHS, MAX_SAMPLES, MAX_LATENT = 100_000, 10_000, 10_000   # a latent of 10,000: G's first layer has 41M weights
 
 
 class ConfigError(ValueError):
@@ -70,6 +70,7 @@ class Config:
         # past these a typo would run for years or exhaust memory instead of failing at once
         need(self.epochs <= MAX_EPOCHS, "epochs", f"must be at most {MAX_EPOCHS:,}")
         need(self.num_samples <= MAX_SAMPLES, "num_samples", f"must be at most {MAX_SAMPLES:,}")
+        need(self.latent_dim <= MAX_LATENT, "latent_dim", f"must be at most {MAX_LATENT:,}")
         for f in ("steps_per_epoch", "max_train_examples"):
             v = getattr(self, f)
             need(v is None or (isinstance(v, int) and v > 0), f, "must be a positive integer")

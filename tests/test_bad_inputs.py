@@ -392,6 +392,7 @@ def test_resume_with_other_data(finished_run, tmp_path, capsys):
     (["--resume", ""], "--resume '': an empty path names no run directory"),
     (["--epochs", str(10 ** 11), "--out", "RUN"], "epochs=100000000000: must be at most 100,000"),
     (["--num-samples", str(10 ** 8), "--out", "RUN"], "num_samples=100000000: must be at most 10,000"),
+    (["--latent-dim", str(10 ** 8), "--out", "RUN"], "latent_dim=100000000: must be at most 10,000"),
     (["--lr", "inf", "--out", "RUN"], "lr=inf: must be a finite number"),
     (["--lr", "nan", "--out", "RUN"], "lr=nan: must be a finite number"),
 ])
